@@ -1,0 +1,28 @@
+"""transformer_lib — the library of "The Transformer, built chapter by chapter".
+
+Each chapter of the book adds one module; this file exposes the public names in chapter order.
+"""
+
+__version__ = "0.1.0"
+
+# Chapter 1 — why attention: the course toolkit and the RNN baseline
+from .utils import BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it
+
+# Chapter 2 — attention as queries, keys and values
+from .attention import Attention, scaled_dot_product_attention
+
+# Chapter 3 — inputs: embeddings and positional encoding
+from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding, sinusoidal_positional_encoding
+
+# Chapter 4 — masking
+from .masks import causal_mask, padding_mask, target_mask
+
+# Chapter 5 — multi-head attention
+from .multihead import MultiHeadAttention, merge_heads, split_heads
+
+# Chapter 6 — the encoder
+from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerConnection
+
+# Chapter 7 — the decoder and the whole model
+from .decoder import Decoder, DecoderLayer
+from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model

@@ -1,0 +1,136 @@
+"""Chapter 2 — attention as queries, keys and values.
+
+``scaled_dot_product_attention`` is the formula of the paper,
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V,
+
+written out step by step, with a boolean mask in the convention of
+``torch.nn.functional.scaled_dot_product_attention``: ``True`` means *may attend*.
+
+``Attention`` is the module of the chapter: it owns W_Q, W_K and W_V and attends
+from a sequence X to a sequence X' (self-attention when X' is X).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["scaled_dot_product_attention", "Attention"]
+
+
+def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
+    """Raise ``ValueError`` naming the shapes when the inputs do not fit together."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dim() < 2:
+            raise ValueError(f"{name} must have at least 2 dimensions (..., len, dim), got shape {tuple(t.shape)}")
+    if query.size(-1) != key.size(-1):
+        raise ValueError(
+            f"query and key must share d_k (last dimension): query {tuple(query.shape)}, key {tuple(key.shape)}"
+        )
+    if key.size(-2) != value.size(-2):
+        raise ValueError(
+            f"key and value must have the same length k_len (dimension -2): "
+            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
+        )
+    try:
+        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"batch dimensions do not broadcast: query {tuple(query.shape)}, key {tuple(key.shape)}, "
+            f"value {tuple(value.shape)}"
+        ) from None
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise ValueError(
+                f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
+                "convert it with `mask.bool()` or build it with transformer_lib's mask helpers"
+            )
+        scores_shape = (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), query.size(-2), key.size(-2))
+        try:
+            if torch.broadcast_shapes(mask.shape, scores_shape) != torch.Size(scores_shape):
+                raise RuntimeError
+        except RuntimeError:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} does not broadcast to the attention scores "
+                f"(..., q_len, k_len) = {tuple(scores_shape)}"
+            ) from None
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """Compute softmax(Q K^T / sqrt(d_k)) V and return ``(output, weights)``.
+
+    Args:
+        query: ``(..., q_len, d_k)``.
+        key: ``(..., k_len, d_k)``.
+        value: ``(..., k_len, d_v)``.
+        mask: optional boolean tensor broadcastable to ``(..., q_len, k_len)``;
+            ``True`` = the query may attend to that key.
+        dropout_p: dropout probability applied to the attention weights.
+
+    Returns:
+        ``output`` of shape ``(..., q_len, d_v)`` and ``weights`` of shape ``(..., q_len, k_len)``.
+        A query whose keys are all masked gets a zero output row and zero weights (never NaN).
+    """
+    _check_attention_inputs(query, key, value, mask)
+    d_k = query.size(-1)
+    scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)  # (..., q_len, k_len)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))  # masked keys get -inf: exp(-inf) = 0
+        has_key = mask.any(dim=-1, keepdim=True)  # (..., q_len, 1): rows with at least one visible key
+        scores = scores.masked_fill(~has_key, 0.0)  # avoid softmax(-inf, ..., -inf) = NaN
+    weights = torch.softmax(scores, dim=-1)  # (..., q_len, k_len), rows sum to 1
+    if mask is not None:
+        weights = weights.masked_fill(~has_key, 0.0)  # fully masked rows attend to nothing
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    output = weights @ value  # (..., q_len, d_v)
+    return output, weights
+
+
+class Attention(nn.Module):
+    """Attn(X, X'): queries from X, keys and values from X' (self-attention when X' is X).
+
+    Args:
+        d_model: size of each vector of X.
+        d_k: size of queries and keys (W_Q and W_K map d_model -> d_k).
+        d_v: size of values (W_V maps d_context -> d_v); defaults to ``d_k``.
+        d_context: size of each vector of X'; defaults to ``d_model``.
+    """
+
+    def __init__(self, d_model: int, d_k: int, d_v: int | None = None, d_context: int | None = None) -> None:
+        super().__init__()
+        for name, n in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v), ("d_context", d_context)):
+            if n is not None and (not isinstance(n, int) or n <= 0):
+                raise ValueError(f"{name} must be a positive integer, got {n!r}")
+        d_v = d_k if d_v is None else d_v
+        d_context = d_model if d_context is None else d_context
+        self.W_Q = nn.Linear(d_model, d_k, bias=False)
+        self.W_K = nn.Linear(d_context, d_k, bias=False)
+        self.W_V = nn.Linear(d_context, d_v, bias=False)
+
+    def forward(self, x: Tensor, x_context: Tensor | None = None, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Attend from ``x`` ``(..., len, d_model)`` to ``x_context`` ``(..., len', d_context)``.
+
+        Returns ``(output, weights)`` with shapes ``(..., len, d_v)`` and ``(..., len, len')``.
+        """
+        x_context = x if x_context is None else x_context
+        if x.size(-1) != self.W_Q.in_features:
+            raise ValueError(f"x has last dimension {x.size(-1)}, expected d_model={self.W_Q.in_features}")
+        if x_context.size(-1) != self.W_K.in_features:
+            raise ValueError(
+                f"x_context has last dimension {x_context.size(-1)}, expected d_context={self.W_K.in_features}"
+            )
+        Q = self.W_Q(x)  # (..., len, d_k)
+        K = self.W_K(x_context)  # (..., len', d_k)
+        V = self.W_V(x_context)  # (..., len', d_v)
+        return scaled_dot_product_attention(Q, K, V, mask)

@@ -1,0 +1,53 @@
+"""Chapter 4 — masking.
+
+Two masks tell attention which keys a query may look at. Both are boolean, ``True`` = may attend,
+and shaped to broadcast to the scores ``(batch, heads, q_len, k_len)``:
+
+* the *padding mask* hides the ``<pad>`` tokens that make sentences of a batch equally long;
+* the *causal* (or *sequence*) mask hides the future from the decoder, so that position t only
+  sees positions <= t.
+
+The decoder's self-attention uses both at once (``target_mask``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["padding_mask", "causal_mask", "target_mask"]
+
+
+def _check_tokens(tokens: Tensor) -> None:
+    if not isinstance(tokens, Tensor):
+        raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
+    if tokens.dim() != 2:
+        raise ValueError(f"tokens must have shape (batch, seq_len), got shape {tuple(tokens.shape)}")
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+
+
+def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """Mask of the real (non-pad) tokens: ``(batch, seq_len)`` ids -> ``(batch, 1, 1, seq_len)`` bool.
+
+    Every query may attend to every key that is not ``pad_id``.
+    """
+    _check_tokens(tokens)
+    return (tokens != pad_id)[:, None, None, :]  # (batch, 1, 1, k_len): same for every head and query
+
+
+def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
+    """Lower-triangular ``(size, size)`` bool mask: query t may attend to keys 0..t only."""
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()  # (q_len, k_len)
+
+
+def target_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """Decoder self-attention mask: not a pad *and* not in the future.
+
+    ``(batch, tgt_len)`` ids -> ``(batch, 1, tgt_len, tgt_len)`` bool.
+    """
+    _check_tokens(tokens)
+    causal = causal_mask(tokens.size(1), device=tokens.device)  # (tgt_len, tgt_len)
+    return padding_mask(tokens, pad_id) & causal  # (batch, 1, tgt_len, tgt_len)

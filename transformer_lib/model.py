@@ -1,0 +1,174 @@
+"""Chapter 7 — the whole Transformer.
+
+Source tokens are embedded, positions added, and encoded into a *memory*; target tokens (shifted
+right, starting with <bos>) are embedded and decoded against that memory; the ``Generator`` maps
+each decoder vector to log-probabilities over the target vocabulary.
+
+Training feeds the whole shifted target at once (teacher forcing, the causal mask keeps it honest);
+inference has no target, so ``greedy_decode`` grows it one token at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .decoder import Decoder
+from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding
+from .encoder import Encoder
+from .masks import causal_mask
+
+__all__ = ["TransformerConfig", "Generator", "Transformer", "make_model", "greedy_decode"]
+
+
+@dataclass
+class TransformerConfig:
+    """Every size of the model in one place; the defaults are the paper's base model."""
+
+    src_vocab: int
+    tgt_vocab: int
+    N: int = 6  # layers in the encoder and in the decoder
+    d_model: int = 512
+    d_ff: int = 2048
+    h: int = 8  # attention heads
+    dropout: float = 0.1
+    share_embeddings: bool = False  # one matrix for source, target and generator (paper, section 3.4)
+    norm_first: bool = False  # False: post-LN as in the paper; True: pre-LN
+    final_norm: bool | None = None  # LayerNorm after each stack; default: norm_first
+    positional: str = "sinusoidal"  # or "learned"
+    max_len: int = 5000
+    layer_norm_eps: float = 1e-5
+    fused: bool = False  # PyTorch's fused attention kernel instead of chapter 2's function
+
+    def __post_init__(self) -> None:
+        for name in ("src_vocab", "tgt_vocab", "N", "d_model", "d_ff", "h", "max_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.d_model % self.h != 0:
+            raise ValueError(f"d_model={self.d_model} must be divisible by h={self.h}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.share_embeddings and self.src_vocab != self.tgt_vocab:
+            raise ValueError(
+                f"share_embeddings needs one shared vocabulary, got src_vocab={self.src_vocab} "
+                f"and tgt_vocab={self.tgt_vocab}"
+            )
+        if self.positional not in ("sinusoidal", "learned"):
+            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
+
+
+class Generator(nn.Module):
+    """The final linear layer and (log-)softmax: ``(batch, len, d_model)`` -> ``(batch, len, vocab)``."""
+
+    def __init__(self, d_model: int, vocab: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, vocab)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Log-probabilities over the vocabulary for every position."""
+        return F.log_softmax(self.proj(x), dim=-1)  # (batch, len, vocab)
+
+
+class Transformer(nn.Module):
+    """The encoder–decoder Transformer of "Attention Is All You Need"."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        layer_args = dict(
+            d_model=c.d_model, num_heads=c.h, d_ff=c.d_ff, N=c.N, dropout=c.dropout, norm_first=c.norm_first,
+            final_norm=c.final_norm, layer_norm_eps=c.layer_norm_eps, fused=c.fused,
+        )  # fmt: skip
+        self.encoder = Encoder(**layer_args)
+        self.decoder = Decoder(**layer_args)
+        self.src_embed = Embeddings(c.src_vocab, c.d_model)
+        self.tgt_embed = self.src_embed if c.share_embeddings else Embeddings(c.tgt_vocab, c.d_model)
+        Positions = PositionalEncoding if c.positional == "sinusoidal" else LearnedPositionalEmbedding
+        self.src_pos = Positions(c.d_model, max_len=c.max_len, dropout=c.dropout)
+        self.tgt_pos = Positions(c.d_model, max_len=c.max_len, dropout=c.dropout)
+        self.generator = Generator(c.d_model, c.tgt_vocab)
+        for p in self.parameters():  # Glorot/Xavier initialisation, as in the reference implementations
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        if c.share_embeddings:
+            self.generator.proj.weight = self.tgt_embed.lut.weight  # tie the output layer too
+
+    def encode(self, src: Tensor, src_mask: Tensor | None = None) -> Tensor:
+        """Source ids ``(batch, src_len)`` -> memory ``(batch, src_len, d_model)``."""
+        return self.encoder(self.src_pos(self.src_embed(src)), src_mask)
+
+    def decode(
+        self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor, tgt_mask: Tensor | None = None
+    ) -> Tensor:
+        """Target ids ``(batch, tgt_len)`` and memory -> decoder states ``(batch, tgt_len, d_model)``."""
+        return self.decoder(self.tgt_pos(self.tgt_embed(tgt)), memory, tgt_mask, src_mask)
+
+    def forward(
+        self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+    ) -> Tensor:
+        """Teacher-forced pass: log-probabilities ``(batch, tgt_len, tgt_vocab)`` of the next tokens."""
+        for name, t in (("src", src), ("tgt", tgt)):
+            if t.dim() != 2 or t.dtype.is_floating_point:
+                raise ValueError(f"{name} must be integer token ids of shape (batch, len), got {tuple(t.shape)} {t.dtype}")
+        if src.size(0) != tgt.size(0):
+            raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
+        memory = self.encode(src, src_mask)  # (batch, src_len, d_model)
+        return self.generator(self.decode(memory, src_mask, tgt, tgt_mask))  # (batch, tgt_len, tgt_vocab)
+
+
+def make_model(
+    src_vocab: int,
+    tgt_vocab: int,
+    N: int = 6,
+    d_model: int = 512,
+    d_ff: int = 2048,
+    h: int = 8,
+    dropout: float = 0.1,
+    share_embeddings: bool = False,
+    **kwargs,
+) -> Transformer:
+    """Build a Transformer; the defaults are the paper's base model. Extra keywords go to ``TransformerConfig``."""
+    config = TransformerConfig(
+        src_vocab, tgt_vocab, N=N, d_model=d_model, d_ff=d_ff, h=h, dropout=dropout,
+        share_embeddings=share_embeddings, **kwargs,
+    )  # fmt: skip
+    return Transformer(config)
+
+
+@torch.no_grad()
+def greedy_decode(
+    model: Transformer,
+    src: Tensor,
+    src_mask: Tensor | None,
+    max_len: int,
+    bos_id: int,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+) -> Tensor:
+    """Translate step by step, always taking the most probable next token.
+
+    Returns ``(batch, <= max_len + 1)`` token ids starting with ``bos_id``. Once a sentence has
+    produced ``eos_id`` it is filled with ``pad_id`` (default: ``eos_id``); decoding stops early
+    when every sentence has finished.
+    """
+    if max_len <= 0:
+        raise ValueError(f"max_len must be positive, got {max_len}")
+    memory = model.encode(src, src_mask)  # (batch, src_len, d_model): computed once, reused every step
+    ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)  # (batch, 1)
+    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    fill = eos_id if pad_id is None else pad_id
+    for _ in range(max_len):
+        tgt_mask = causal_mask(ys.size(1), device=src.device)  # (t, t)
+        out = model.decode(memory, src_mask, ys, tgt_mask)  # (batch, t, d_model)
+        next_token = model.generator(out[:, -1]).argmax(dim=-1)  # (batch,)
+        if eos_id is not None:
+            next_token = next_token.masked_fill(finished, fill)
+            finished |= next_token == eos_id
+        ys = torch.cat([ys, next_token[:, None]], dim=1)  # (batch, t + 1)
+        if eos_id is not None and bool(finished.all()):
+            break
+    return ys
