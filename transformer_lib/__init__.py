@@ -6,7 +6,9 @@ Each chapter of the book adds one module; this file exposes the public names in 
 __version__ = "0.1.0"
 
 # Chapter 1 — why attention: the course toolkit and the RNN baseline
-from .utils import BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it
+from .utils import (  # noqa: F401
+    BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it, use_course_style,
+)
 
 # Chapter 2 — attention as queries, keys and values
 from .attention import Attention, scaled_dot_product_attention

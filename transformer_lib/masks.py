@@ -12,34 +12,53 @@ The decoder's self-attention uses both at once (``target_mask``).
 
 from __future__ import annotations
 
+from numbers import Integral
+
 import torch
 from torch import Tensor
 
 __all__ = ["padding_mask", "causal_mask", "target_mask"]
 
 
-def _check_tokens(tokens: Tensor) -> None:
+def _is_int(n: object) -> bool:
+    """True for Python and NumPy integers; False for bools (``True`` is an ``int`` in Python)."""
+    return isinstance(n, Integral) and not isinstance(n, bool)
+
+
+def _check_tokens(tokens: Tensor, pad_id: int) -> None:
+    """Raise ``ValueError`` naming the problem when ``tokens`` / ``pad_id`` are not usable ids."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
     if tokens.dim() != 2:
         raise ValueError(f"tokens must have shape (batch, seq_len), got shape {tuple(tokens.shape)}")
     if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
         raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.size(1) == 0:
+        raise ValueError(f"tokens must have at least one position (seq_len >= 1), got shape {tuple(tokens.shape)}")
+    if not _is_int(pad_id):
+        raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
 
 
 def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     """Mask of the real (non-pad) tokens: ``(batch, seq_len)`` ids -> ``(batch, 1, 1, seq_len)`` bool.
 
-    Every query may attend to every key that is not ``pad_id``.
+    Every query may attend to every key that is not ``pad_id``. Only *keys* are hidden: the outputs
+    at pad positions are still computed (from the real tokens) and are simply ignored later, e.g.
+    by the loss. Used by the encoder's self-attention and, with the source tokens, by the
+    decoder's cross-attention (it broadcasts to any ``q_len``).
     """
-    _check_tokens(tokens)
+    _check_tokens(tokens, pad_id)
     return (tokens != pad_id)[:, None, None, :]  # (batch, 1, 1, k_len): same for every head and query
 
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
-    """Lower-triangular ``(size, size)`` bool mask: query t may attend to keys 0..t only."""
-    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+    """Lower-triangular ``(size, size)`` bool mask: query t may attend to keys 0..t only.
+
+    The same for every sentence and head, so it broadcasts to ``(batch, heads, size, size)``.
+    """
+    if not _is_int(size) or size <= 0:
         raise ValueError(f"size must be a positive integer, got {size!r}")
+    size = int(size)
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()  # (q_len, k_len)
 
 
@@ -48,6 +67,6 @@ def target_mask(tokens: Tensor, pad_id: int) -> Tensor:
 
     ``(batch, tgt_len)`` ids -> ``(batch, 1, tgt_len, tgt_len)`` bool.
     """
-    _check_tokens(tokens)
+    _check_tokens(tokens, pad_id)
     causal = causal_mask(tokens.size(1), device=tokens.device)  # (tgt_len, tgt_len)
     return padding_mask(tokens, pad_id) & causal  # (batch, 1, tgt_len, tgt_len)

@@ -11,10 +11,13 @@ import inspect
 import random
 import statistics
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # only for the annotation: the library itself does not need IPython
+    from IPython.display import Code
 
 __all__ = [
     "PAD_ID",
@@ -52,7 +55,7 @@ def time_it(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def show_source(obj: Any):
+def show_source(obj: Any) -> "Code":
     """Display the library's own source of ``obj`` (a function, class or module) in a notebook.
 
     Chapters call this instead of retyping library code, so the book can never drift from the package.
