@@ -35,6 +35,7 @@ MODULE_CHAPTER = {
     "encoder": 6,
     "decoder": 7,
     "model": 7,
+    "data": 8,
 }
 
 

@@ -28,3 +28,6 @@ from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerCon
 # Chapter 7 — the decoder and the whole model
 from .decoder import Decoder, DecoderLayer
 from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
+
+# Chapter 8 — training a translator (in progress): the corpora
+from .data import DataError, fetch, load_multi30k, load_tatoeba
