@@ -30,4 +30,4 @@ from .decoder import Decoder, DecoderLayer
 from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
 
 # Chapter 8 — training a translator (in progress): the corpora
-from .data import DataError, fetch, load_multi30k, load_tatoeba
+from .data import MULTI30K_FILES, MULTI30K_SPLITS, TATOEBA_FILE, DataError, RemoteFile, cache_dir, fetch, load_multi30k, load_tatoeba
