@@ -18,38 +18,79 @@ from torch import Tensor, nn
 __all__ = ["Embeddings", "sinusoidal_positional_encoding", "PositionalEncoding", "LearnedPositionalEmbedding"]
 
 
+def _check_positive_ints(**sizes: int) -> None:
+    """Raise ``ValueError`` naming every size that is not a positive integer."""
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {n!r}")
+
+
+def _check_vectors(x: Tensor, d_model: int) -> None:
+    """Inputs of the positional modules: floating-point ``(batch, len, d_model)``."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"expected a tensor of shape (batch, len, d_model={d_model}), got {type(x).__name__}")
+    if x.dim() != 3 or x.size(-1) != d_model:
+        raise ValueError(f"expected input of shape (batch, len, d_model={d_model}), got {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise ValueError(
+            f"expected floating-point vectors, got dtype {x.dtype}; embed token ids with `Embeddings` first"
+        )
+
+
 class Embeddings(nn.Module):
-    """Token ids ``(batch, len)`` -> vectors ``(batch, len, d_model)``, scaled by sqrt(d_model)."""
+    """Token ids ``(batch, len)`` -> vectors ``(batch, len, d_model)``, scaled by sqrt(d_model).
+
+    ``lut`` (look-up table) is a plain ``nn.Embedding``; the paper multiplies its output by
+    sqrt(d_model) (section 3.4). ``padding_idx`` gets a zero vector that is never trained.
+    """
 
     def __init__(self, vocab_size: int, d_model: int, padding_idx: int | None = None) -> None:
         super().__init__()
-        if vocab_size <= 0 or d_model <= 0:
-            raise ValueError(f"vocab_size and d_model must be positive, got {vocab_size} and {d_model}")
+        _check_positive_ints(vocab_size=vocab_size, d_model=d_model)
+        if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
+            raise ValueError(f"padding_idx={padding_idx} is outside the vocabulary of size vocab_size={vocab_size}")
         self.lut = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
-        self.d_model = d_model
+        self.vocab_size, self.d_model = vocab_size, d_model
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Look up and scale: ``(batch, len)`` -> ``(batch, len, d_model)``."""
-        if tokens.dtype.is_floating_point:
+        if not isinstance(tokens, Tensor):
+            raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
+        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
             raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must have shape (batch, len), got shape {tuple(tokens.shape)}")
+        if tokens.numel() > 0 and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, vocab_size={self.vocab_size}), "
+                f"got ids from {int(tokens.min())} to {int(tokens.max())}"
+            )
         return self.lut(tokens) * math.sqrt(self.d_model)  # (batch, len, d_model)
 
 
 def sinusoidal_positional_encoding(max_len: int, d_model: int) -> Tensor:
-    """The paper's positional-encoding matrix, shape ``(max_len, d_model)`` (any d_model, even or odd)."""
-    if max_len <= 0 or d_model <= 0:
-        raise ValueError(f"max_len and d_model must be positive, got {max_len} and {d_model}")
+    """The paper's positional-encoding matrix, shape ``(max_len, d_model)`` (any d_model, even or odd).
+
+    Row ``pos`` is the encoding of position ``pos``; column pair (2i, 2i+1) is a sine and a cosine
+    of the same frequency 1 / 10000^(2i / d_model). Computed in float64, returned as float32.
+    """
+    _check_positive_ints(max_len=max_len, d_model=d_model)
     position = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model/2),): the even indices 2i
     angle = position / 10000.0 ** (two_i / d_model)  # (max_len, ceil(d_model/2))
     pe = torch.zeros(max_len, d_model, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(angle)  # even columns
-    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])  # odd columns
+    pe[:, 1::2] = torch.cos(angle[:, : d_model // 2])  # odd columns (one fewer when d_model is odd)
     return pe.float()
 
 
 class PositionalEncoding(nn.Module):
-    """Add the sinusoidal encoding to ``(batch, len, d_model)`` inputs, then apply dropout."""
+    """Add the sinusoidal encoding to ``(batch, len, d_model)`` inputs, then apply dropout.
+
+    The table ``pe`` ``(max_len, d_model)`` is a *buffer*: it moves with ``.to()`` but is not a
+    parameter, so no optimiser changes it. It is not saved in the ``state_dict`` either
+    (``persistent=False``): it is a fixed function of ``max_len`` and ``d_model``.
+    """
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0) -> None:
         super().__init__()
@@ -59,33 +100,36 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, len, d_model)`` -> same shape, with position information added."""
         max_len, d_model = self.pe.shape
-        if x.dim() != 3 or x.size(-1) != d_model:
-            raise ValueError(f"expected input of shape (batch, len, d_model={d_model}), got {tuple(x.shape)}")
+        _check_vectors(x, d_model)
         if x.size(1) > max_len:
             raise ValueError(
                 f"sequence length {x.size(1)} exceeds max_len={max_len} of the positional encoding; "
                 "build it with a larger max_len"
             )
-        return self.dropout(x + self.pe[: x.size(1)])  # (batch, len, d_model)
+        return self.dropout(x + self.pe[: x.size(1)].to(x.dtype))  # (batch, len, d_model)
 
 
 class LearnedPositionalEmbedding(nn.Module):
-    """Add a trained vector per position (as BERT and GPT do) instead of the fixed sinusoids."""
+    """Add a trained vector per position (as BERT and GPT do) instead of the fixed sinusoids.
+
+    The table ``pos`` is an ``nn.Embedding(max_len, d_model)``: its rows are parameters, trained
+    with the rest of the model, and there is no row for a position at or beyond ``max_len``.
+    """
 
     def __init__(self, d_model: int, max_len: int = 512, dropout: float = 0.0) -> None:
         super().__init__()
+        _check_positive_ints(d_model=d_model, max_len=max_len)
         self.pos = nn.Embedding(max_len, d_model)
         self.dropout = nn.Dropout(dropout)
         self.max_len, self.d_model = max_len, d_model
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, len, d_model)`` -> same shape, with a learned position vector added."""
-        if x.dim() != 3 or x.size(-1) != self.d_model:
-            raise ValueError(f"expected input of shape (batch, len, d_model={self.d_model}), got {tuple(x.shape)}")
+        _check_vectors(x, self.d_model)
         if x.size(1) > self.max_len:
             raise ValueError(
                 f"sequence length {x.size(1)} exceeds max_len={self.max_len} of the learned positions; "
-                "a learned table cannot extrapolate beyond the positions it was trained on"
+                "a learned table has no vector for later positions (it cannot extrapolate)"
             )
         positions = torch.arange(x.size(1), device=x.device)  # (len,)
-        return self.dropout(x + self.pos(positions))  # (batch, len, d_model)
+        return self.dropout(x + self.pos(positions).to(x.dtype))  # (batch, len, d_model)
