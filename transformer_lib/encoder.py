@@ -17,11 +17,28 @@ from .multihead import MultiHeadAttention
 __all__ = ["PositionwiseFeedForward", "SublayerConnection", "EncoderLayer", "Encoder"]
 
 
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_positive_ints(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not _is_positive_int(value):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_dropout(dropout: float) -> None:
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+
+
 class PositionwiseFeedForward(nn.Module):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, applied to every position independently."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.1) -> None:
         super().__init__()
+        _check_positive_ints(d_model=d_model, d_ff=d_ff)
+        _check_dropout(dropout)
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -48,12 +65,11 @@ class SublayerConnection(nn.Module):
 
 
 def _check_layer_config(d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
-    if d_ff <= 0:
-        raise ValueError(f"d_ff must be positive, got {d_ff}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    """Raise ``ValueError`` naming the bad size before any weight is built (shared with the decoder)."""
+    _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
     if d_model % num_heads != 0:
         raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
+    _check_dropout(dropout)
 
 
 class EncoderLayer(nn.Module):
@@ -103,8 +119,8 @@ class Encoder(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        if N <= 0:
-            raise ValueError(f"N (number of layers) must be positive, got {N}")
+        if not _is_positive_int(N):
+            raise ValueError(f"N (number of layers) must be a positive integer, got {N!r}")
         self.layers = nn.ModuleList(
             [EncoderLayer(d_model, num_heads, d_ff, dropout, norm_first, layer_norm_eps, fused) for _ in range(N)]
         )
