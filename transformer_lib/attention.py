@@ -23,10 +23,18 @@ __all__ = ["scaled_dot_product_attention", "Attention"]
 
 
 def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
-    """Raise ``ValueError`` naming the shapes when the inputs do not fit together."""
+    """Raise ``ValueError`` naming the shapes (or dtypes) when the inputs do not fit together."""
     for name, t in (("query", query), ("key", key), ("value", value)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
         if t.dim() < 2:
             raise ValueError(f"{name} must have at least 2 dimensions (..., len, dim), got shape {tuple(t.shape)}")
+        if not t.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(
+            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype} and {value.dtype}"
+        )
     if query.size(-1) != key.size(-1):
         raise ValueError(
             f"query and key must share d_k (last dimension): query {tuple(query.shape)}, key {tuple(key.shape)}"
@@ -44,19 +52,29 @@ def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor, mask: Ten
             f"value {tuple(value.shape)}"
         ) from None
     if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise ValueError(f"mask must be a boolean tensor (True = may attend), got {type(mask).__name__}")
         if mask.dtype != torch.bool:
             raise ValueError(
                 f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
                 "convert it with `mask.bool()` or build it with transformer_lib's mask helpers"
             )
-        scores_shape = (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), query.size(-2), key.size(-2))
-        try:
-            if torch.broadcast_shapes(mask.shape, scores_shape) != torch.Size(scores_shape):
-                raise RuntimeError
+        q_len, k_len = query.size(-2), key.size(-2)
+        scores_shape = (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), q_len, k_len)
+        try:  # the mask may be smaller than the scores (it broadcasts), never larger
+            fits = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
         except RuntimeError:
+            fits = False
+        if not fits:
+            hint = ""
+            if mask.dim() > len(scores_shape):
+                hint = (
+                    "; the mask has more dimensions than the scores (a (batch, 1, 1, k_len) padding mask "
+                    "needs inputs with a heads axis, e.g. x[:, None])"
+                )
             raise ValueError(
                 f"mask of shape {tuple(mask.shape)} does not broadcast to the attention scores "
-                f"(..., q_len, k_len) = {tuple(scores_shape)}"
+                f"(..., q_len, k_len) = {tuple(scores_shape)}{hint}"
             ) from None
 
 
@@ -74,14 +92,20 @@ def scaled_dot_product_attention(
         key: ``(..., k_len, d_k)``.
         value: ``(..., k_len, d_v)``.
         mask: optional boolean tensor broadcastable to ``(..., q_len, k_len)``;
-            ``True`` = the query may attend to that key.
-        dropout_p: dropout probability applied to the attention weights.
+            ``True`` = the query may attend to that key. The mask never enlarges the scores: a
+            mask with more (or larger) batch dimensions than the inputs is an error, not a silent
+            broadcast of the output.
+        dropout_p: dropout probability applied to the attention weights, in ``[0, 1)``. Like
+            ``torch.nn.functional.scaled_dot_product_attention``, the function always applies it
+            when it is positive; a module passes ``0.0`` in evaluation mode.
 
     Returns:
         ``output`` of shape ``(..., q_len, d_v)`` and ``weights`` of shape ``(..., q_len, k_len)``.
         A query whose keys are all masked gets a zero output row and zero weights (never NaN).
     """
     _check_attention_inputs(query, key, value, mask)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     d_k = query.size(-1)
     scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)  # (..., q_len, k_len)
     if mask is not None:
@@ -102,15 +126,18 @@ class Attention(nn.Module):
 
     Args:
         d_model: size of each vector of X.
-        d_k: size of queries and keys (W_Q and W_K map d_model -> d_k).
+        d_k: size of queries and keys (W_Q maps d_model -> d_k, W_K maps d_context -> d_k).
         d_v: size of values (W_V maps d_context -> d_v); defaults to ``d_k``.
         d_context: size of each vector of X'; defaults to ``d_model``.
+
+    The projections are bias-free ``nn.Linear`` layers, so ``W_Q.weight`` has shape
+    ``(d_k, d_model)``: the transpose of the ``(d_model, d_k)`` matrix W_Q in ``Q = X W_Q``.
     """
 
     def __init__(self, d_model: int, d_k: int, d_v: int | None = None, d_context: int | None = None) -> None:
         super().__init__()
         for name, n in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v), ("d_context", d_context)):
-            if n is not None and (not isinstance(n, int) or n <= 0):
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
                 raise ValueError(f"{name} must be a positive integer, got {n!r}")
         d_v = d_k if d_v is None else d_v
         d_context = d_model if d_context is None else d_context
@@ -124,6 +151,9 @@ class Attention(nn.Module):
         Returns ``(output, weights)`` with shapes ``(..., len, d_v)`` and ``(..., len, len')``.
         """
         x_context = x if x_context is None else x_context
+        for name, t in (("x", x), ("x_context", x_context)):
+            if t.dim() < 2:
+                raise ValueError(f"{name} must have shape (..., len, features), got shape {tuple(t.shape)}")
         if x.size(-1) != self.W_Q.in_features:
             raise ValueError(f"x has last dimension {x.size(-1)}, expected d_model={self.W_Q.in_features}")
         if x_context.size(-1) != self.W_K.in_features:
