@@ -27,8 +27,9 @@ book: $(STAMP)
 	@echo "The book is in _build/html/index.html. To read it, serve it and open http://localhost:8000 :"
 	@echo "    python -m http.server -d _build/html"
 
+# Two pytest workers on two cores: one math thread each (and in each notebook kernel), not two.
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters
 
 clean:
 	rm -rf _build

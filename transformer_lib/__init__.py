@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 from .utils import (  # noqa: F401
     BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it, use_course_style,
 )
+from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
 
 # Chapter 2 — attention as queries, keys and values
 from .attention import Attention, scaled_dot_product_attention
