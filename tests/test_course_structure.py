@@ -36,6 +36,11 @@ MODULE_CHAPTER = {
     "decoder": 7,
     "model": 7,
     "data": 8,
+    "tokenizer": 8,
+    "train": 8,
+    "evaluate": 9,
+    "decode": 9,
+    "cli": 9,
 }
 
 

@@ -30,5 +30,14 @@ from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerCon
 from .decoder import Decoder, DecoderLayer
 from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
 
-# Chapter 8 — training a translator (in progress): the corpora
+# Chapter 8 — training a translator
 from .data import MULTI30K_FILES, MULTI30K_SPLITS, TATOEBA_FILE, DataError, RemoteFile, cache_dir, fetch, load_multi30k, load_tatoeba
+from .tokenizer import Tokenizer, train_tokenizer
+from .data import collate, token_batches
+from .train import (
+    PRESETS, TrainConfig, TrainingDiverged, label_smoothed_loss, load_translator, noam_lr, prepare_data,
+    release_checkpoint, save_atomic, train,
+)
+
+# Chapter 9 — decoding and evaluation
+from .evaluate import corpus_scores, translate

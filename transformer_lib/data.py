@@ -24,6 +24,10 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
 
 __all__ = [
     "DataError",
@@ -35,6 +39,8 @@ __all__ = [
     "fetch",
     "load_multi30k",
     "load_tatoeba",
+    "token_batches",
+    "collate",
 ]
 
 CACHE_ENV, MIRROR_ENV = "TRANSFORMER_LIB_CACHE", "TRANSFORMER_LIB_DATA_MIRROR"
@@ -214,3 +220,60 @@ def load_tatoeba(
     chosen = {"test": english[:n_test], "val": english[n_test : n_test + n_valid], "train": english[n_test + n_valid :]}
     keep = set(chosen[split])
     return [t for t in triples if t[1] in keep]
+
+
+def token_batches(
+    lengths: Sequence[tuple[int, int]], max_tokens: int, shuffle: bool = True, seed: int = 0
+) -> list[list[int]]:
+    """Group example indices into batches of about ``max_tokens`` tokens, similar lengths together.
+
+    ``lengths[i]`` is ``(source_len, target_len)`` of example i. Examples are sorted by length (with
+    random tie-breaking when ``shuffle``), cut into batches whose padded size
+    ``batch_size * longest`` stays within ``max_tokens``, and the batch order is shuffled. Little
+    padding, and every batch costs about the same. ``seed`` makes the order repeatable (pass a
+    different one each epoch).
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    rng = random.Random(seed)
+    noise = [rng.random() if shuffle else 0.0 for _ in lengths]
+    order = sorted(range(len(lengths)), key=lambda i: (max(lengths[i]), min(lengths[i]), noise[i]))
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    longest = 0
+    for i in order:
+        size = max(lengths[i]) + 1  # +1: the <bos>/<eos> added to the target
+        if size > max_tokens:
+            raise ValueError(f"example {i} has {size} tokens, more than max_tokens={max_tokens}")
+        if batch and max(longest, size) * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(i)
+        longest = max(longest, size)
+    if batch:
+        batches.append(batch)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
+def collate(
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0, bos_id: int = 1, eos_id: int = 2
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pad a list of ``(source_ids, target_ids)`` into tensors for teacher forcing.
+
+    Returns ``src`` ``(batch, S)``, ``tgt_in`` = ``<bos> y`` and ``tgt_out`` = ``y <eos>``, both
+    ``(batch, T + 1)``, padded with ``pad_id``.
+    """
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    S = max(len(s) for s, _ in examples)
+    T = max(len(t) for _, t in examples) + 1
+    src = torch.full((len(examples), S), pad_id, dtype=torch.long)
+    tgt_in = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    tgt_out = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    for b, (s, t) in enumerate(examples):
+        src[b, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        tgt_in[b, : len(t) + 1] = torch.as_tensor([bos_id, *t], dtype=torch.long)  # (T,): shifted right
+        tgt_out[b, : len(t) + 1] = torch.as_tensor([*t, eos_id], dtype=torch.long)  # (T,): what to predict
+    return src, tgt_in, tgt_out

@@ -1,0 +1,401 @@
+"""Chapter 8 — training a translator.
+
+The pieces of the paper's recipe, in one loop: token-budget batches, teacher forcing, label
+smoothing (0.1), Adam with beta2 = 0.98 and the warmup-then-inverse-square-root learning rate,
+gradient clipping, bf16 autocast on a GPU. Everything needed to continue a run exactly is saved
+atomically: model, optimizer, scheduler, step, position in the data and the random states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import collate, load_multi30k, load_tatoeba, token_batches
+from .masks import padding_mask, target_mask
+from .model import Transformer, TransformerConfig
+from .tokenizer import Tokenizer, train_tokenizer
+
+__all__ = [
+    "TrainConfig",
+    "PRESETS",
+    "noam_lr",
+    "label_smoothed_loss",
+    "save_atomic",
+    "prepare_data",
+    "train",
+    "TrainingDiverged",
+    "load_translator",
+    "release_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "transformer_lib/translator-v1"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Presets: ``PRESETS["tiny" | "multi30k" | "multi30k_cpu"]``."""
+
+    name: str = "custom"
+    # data
+    dataset: str = "multi30k"  # or "tatoeba" (Chinese -> English)
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    train_limit: int | None = None  # only the first n training pairs (for tiny runs)
+    valid_limit: int | None = None
+    vocab_size: int = 8000
+    joint_vocab: bool = True  # one SentencePiece model for both languages (needed to share embeddings)
+    character_coverage: float = 1.0
+    max_len: int = 100  # training pairs longer than this (in tokens) are skipped
+    # model
+    N: int = 3
+    d_model: int = 256
+    d_ff: int = 1024
+    h: int = 4
+    dropout: float = 0.1
+    norm_first: bool = True
+    share_embeddings: bool = True
+    # optimisation
+    max_tokens: int = 4096  # padded tokens per batch
+    lr_factor: float = 1.0  # peak lr = lr_factor * d_model^-0.5 * warmup^-0.5
+    warmup: int = 1000
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    max_steps: int = 10_000
+    max_minutes: float | None = None  # stop (and save) after this much wall time
+    log_every: int = 50
+    eval_every: int = 500
+    save_every: int = 500
+    keep_checkpoints: int = 5  # the last k are kept for checkpoint averaging
+    seed: int = 0
+    compile: bool = False
+    bf16: bool = True  # autocast to bfloat16 on CUDA (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in ("multi30k", "tatoeba"):
+            raise ValueError(f"dataset must be 'multi30k' or 'tatoeba', got {self.dataset!r}")
+        if self.share_embeddings and not self.joint_vocab:
+            raise ValueError("share_embeddings needs joint_vocab=True (one vocabulary for both languages)")
+        for name in ("vocab_size", "max_len", "max_tokens", "warmup", "max_steps", "log_every", "eval_every", "save_every"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self.betas = tuple(self.betas)
+
+    def model_config(self, src_vocab: int, tgt_vocab: int) -> TransformerConfig:
+        """The ``TransformerConfig`` this run trains."""
+        return TransformerConfig(
+            src_vocab, tgt_vocab, N=self.N, d_model=self.d_model, d_ff=self.d_ff, h=self.h, dropout=self.dropout,
+            share_embeddings=self.share_embeddings, norm_first=self.norm_first, fused=True, max_len=512,
+        )  # fmt: skip
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # Seconds on a laptop CPU: a 2-layer model on 2,000 pairs. For tests and chapter 8.
+    "tiny": TrainConfig(
+        name="tiny", train_limit=2000, valid_limit=200, vocab_size=1000, N=2, d_model=64, d_ff=256, h=4,
+        max_tokens=1200, warmup=100, lr_factor=1.0, max_steps=300, log_every=20, eval_every=100, save_every=100,
+    ),  # fmt: skip
+    # The full run for one GPU.
+    "multi30k": TrainConfig(
+        name="multi30k", vocab_size=8000, N=6, d_model=512, d_ff=2048, h=8, dropout=0.1, max_tokens=16384,
+        warmup=2000, lr_factor=1.0, max_steps=8000, eval_every=1000, save_every=500, compile=True,
+    ),  # fmt: skip
+    # What two CPU cores can train in about an hour and a half.
+    "multi30k_cpu": TrainConfig(
+        name="multi30k_cpu", vocab_size=8000, N=3, d_model=256, d_ff=1024, h=4, dropout=0.1, max_tokens=3000,
+        warmup=1000, lr_factor=1.0, max_steps=100_000, max_minutes=90, eval_every=1000, save_every=500,
+    ),  # fmt: skip
+}
+
+
+def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
+    """The paper's schedule: lr = factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
+    step = max(step, 1)
+    return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+def label_smoothed_loss(log_probs: Tensor, target: Tensor, smoothing: float, pad_id: int = 0) -> Tensor:
+    """Mean cross-entropy against targets smoothed by ``smoothing``, ignoring ``pad_id`` positions.
+
+    ``log_probs`` ``(batch, len, vocab)``, ``target`` ``(batch, len)``. The true token gets
+    ``1 - smoothing`` of the probability mass, the rest is spread uniformly over the vocabulary.
+    """
+    vocab = log_probs.size(-1)
+    # log_softmax is idempotent, so passing log-probabilities as logits is exact.
+    return F.cross_entropy(
+        log_probs.reshape(-1, vocab).float(), target.reshape(-1), ignore_index=pad_id, label_smoothing=smoothing
+    )
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+@dataclass
+class PreparedData:
+    """Tokenizers and encoded training/validation pairs."""
+
+    src_tok: Tokenizer
+    tgt_tok: Tokenizer
+    train: list[tuple[list[int], list[int]]]
+    valid: list[tuple[list[int], list[int]]]
+    valid_text: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
+    if config.dataset == "multi30k":
+        return load_multi30k(split, config.src_lang, config.tgt_lang)
+    triples = load_tatoeba(split)  # (chinese, english, attribution)
+    return [(zh, en) for zh, en, _ in triples] if config.src_lang == "zh" else [(en, zh) for zh, en, _ in triples]
+
+
+def prepare_data(config: TrainConfig, out_dir: str | os.PathLike | None = None) -> PreparedData:
+    """Load the corpus, train SentencePiece on the training split only (or reuse the saved model), encode."""
+    train_text = _load_pairs(config, "train")[: config.train_limit]
+    valid_text = _load_pairs(config, "val")[: config.valid_limit]
+    out = Path(out_dir) if out_dir is not None else None
+    names = ("spm.model", "spm.model") if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
+    if out is not None and all((out / n).is_file() for n in names):  # resuming: reuse the same tokenizer
+        src_tok, tgt_tok = Tokenizer(out / names[0]), Tokenizer(out / names[1])
+    elif config.joint_vocab:
+        src_tok = tgt_tok = train_tokenizer(
+            [s for pair in train_text for s in pair], config.vocab_size, character_coverage=config.character_coverage
+        )
+    else:
+        src_tok = train_tokenizer([s for s, _ in train_text], config.vocab_size, character_coverage=config.character_coverage)
+        tgt_tok = train_tokenizer([t for _, t in train_text], config.vocab_size, character_coverage=config.character_coverage)
+    if out is not None:
+        src_tok.save(out / names[0])
+        tgt_tok.save(out / names[1])
+
+    def encode(pairs: list[tuple[str, str]], drop_long: bool) -> list[tuple[list[int], list[int]]]:
+        src = src_tok.encode_batch([s for s, _ in pairs])
+        tgt = tgt_tok.encode_batch([t for _, t in pairs])
+        out_pairs = list(zip(src, tgt))
+        if drop_long:
+            out_pairs = [(s, t) for s, t in out_pairs if 0 < len(s) <= config.max_len and 0 < len(t) <= config.max_len]
+        return out_pairs
+
+    return PreparedData(src_tok, tgt_tok, encode(train_text, True), encode(valid_text, False), valid_text)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate_loss(model: Transformer, pairs: list[tuple[list[int], list[int]]], max_tokens: int, device: torch.device) -> float:
+    """Mean per-token negative log-likelihood (no smoothing) of ``pairs``."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in token_batches([(len(s), len(t)) for s, t in pairs], max_tokens, shuffle=False):
+        src, tgt_in, tgt_out = (x.to(device) for x in collate([pairs[i] for i in batch]))
+        log_probs = model(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))
+        total += F.nll_loss(log_probs.reshape(-1, log_probs.size(-1)).float(), tgt_out.reshape(-1), ignore_index=0, reduction="sum").item()
+        count += int((tgt_out != 0).sum())
+    return total / max(count, 1)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    on_eval: Callable[[Transformer, PreparedData, int], dict] | None = None,
+) -> dict:
+    """Train ``config`` into ``out_dir`` (checkpoints, ``log.jsonl``, SentencePiece models).
+
+    With ``resume=True`` it continues from ``out_dir/checkpoint_last.pt`` exactly where that run
+    stopped: the same batches in the same order, the same dropout masks, hence the same losses.
+    ``on_eval(model, data, step)`` may add metrics (e.g. BLEU) to each evaluation record.
+    Returns a summary dict. Raises ``TrainingDiverged`` if the loss becomes NaN/inf.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    last_path = out / "checkpoint_last.pt"
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    checkpoint = torch.load(last_path, map_location="cpu", weights_only=False) if resume else None
+    if checkpoint is not None:
+        config = TrainConfig(**checkpoint["train_config"])
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    data = prepare_data(config, out)
+    model = Transformer(config.model_config(data.src_tok.vocab_size, data.tgt_tok.vocab_size)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=config.betas, eps=config.eps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: noam_lr(s + 1, config.d_model, config.warmup, config.lr_factor)
+    )
+    step, epoch, batch_index, elapsed = 0, 0, 0, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["scheduler"])
+        step, epoch, batch_index, elapsed = (checkpoint[k] for k in ("step", "epoch", "batch_index", "elapsed_s"))
+        _set_rng_state(checkpoint["rng"])
+    forward = torch.compile(model) if config.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    lengths = [(len(s), len(t)) for s, t in data.train]
+    log = open(out / "log.jsonl", "a", encoding="utf-8")
+
+    def save(path: Path) -> None:
+        save_atomic({
+            "format": CHECKPOINT_FORMAT, "train_config": dataclasses.asdict(config),
+            "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step, "epoch": epoch,
+            "batch_index": batch_index, "elapsed_s": elapsed, "rng": _rng_state(),
+            "tokenizers": {"src": data.src_tok.model_bytes, "tgt": data.tgt_tok.model_bytes},
+        }, path)  # fmt: skip
+
+    def write(record: dict) -> None:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.max_steps, initial=step, desc=config.name, dynamic_ncols=True)
+    losses: list[float] = []
+    window_tokens, window_start = 0, time.perf_counter()
+    session_start = time.perf_counter() - elapsed
+    stop_reason = "max_steps"
+    try:
+        while step < config.max_steps:
+            batches = token_batches(lengths, config.max_tokens, shuffle=True, seed=config.seed * 100_003 + epoch)
+            while batch_index < len(batches) and step < config.max_steps:
+                model.train()
+                src, tgt_in, tgt_out = (x.to(device, non_blocking=True) for x in collate([data.train[i] for i in batches[batch_index]]))
+                with autocast:
+                    log_probs = forward(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))  # (B, T, V)
+                    loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)
+                if not torch.isfinite(loss):
+                    write({"step": step + 1, "event": "diverged", "loss": float(loss)})
+                    raise TrainingDiverged(
+                        f"loss became {float(loss)} at step {step + 1}; training stopped. The last good "
+                        f"checkpoint is {last_path if last_path.exists() else 'not written yet'}. "
+                        "Try a lower lr_factor or a longer warmup."
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimizer.step()
+                schedule.step()
+                step, batch_index = step + 1, batch_index + 1
+                losses.append(loss.item())
+                window_tokens += int((tgt_out != 0).sum()) + int((src != 0).sum())
+                elapsed = time.perf_counter() - session_start
+                if bar is not None:
+                    bar.update(1)
+                if step % config.log_every == 0:
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_start, 1e-9)
+                    record = {"step": step, "epoch": epoch, "loss": sum(losses[-config.log_every:]) / len(losses[-config.log_every:]),
+                              "lr": schedule.get_last_lr()[0], "tokens_per_s": tps, "elapsed_s": elapsed}  # fmt: skip
+                    write(record)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tps:,.0f}")
+                    window_tokens, window_start = 0, now
+                if step % config.eval_every == 0 or step == config.max_steps:
+                    record = {"step": step, "event": "eval", "val_loss": evaluate_loss(model, data.valid, config.max_tokens, device)}
+                    if on_eval is not None:
+                        record.update(on_eval(model, data, step))
+                    write(record)
+                if step % config.save_every == 0:
+                    save(last_path)
+                    ckpt_dir = out / "checkpoints"
+                    save_atomic({"model": model.state_dict(), "step": step}, ckpt_dir / f"step_{step:07d}.pt")
+                    for old in sorted(ckpt_dir.glob("step_*.pt"))[: -config.keep_checkpoints]:
+                        old.unlink()
+                if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                    stop_reason = "max_minutes"
+                    break
+            if stop_reason == "max_minutes":
+                break
+            if batch_index >= len(batches):
+                epoch, batch_index = epoch + 1, 0
+        save(last_path)
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+    return {"step": step, "epoch": epoch, "elapsed_s": elapsed, "stop_reason": stop_reason, "losses": losses}
+
+
+def release_checkpoint(out_dir: str | os.PathLike, path: str | os.PathLike, average_last: int = 1) -> Path:
+    """Write a small inference checkpoint: fp16 weights (averaged over the last k saved), configs, tokenizers."""
+    out = Path(out_dir)
+    full = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    states = [full["model"]]
+    if average_last > 1:
+        saved = sorted((out / "checkpoints").glob("step_*.pt"))[-average_last:]
+        if not saved:
+            raise FileNotFoundError(f"no saved checkpoints in {out / 'checkpoints'} to average")
+        states = [torch.load(p, map_location="cpu", weights_only=True)["model"] for p in saved]
+    averaged = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
+    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in averaged.items()}
+    return save_atomic({
+        "format": CHECKPOINT_FORMAT, "model_config": full["model_config"], "train_config": full["train_config"],
+        "model": weights, "step": full["step"], "averaged": len(states), "tokenizers": full["tokenizers"],
+    }, path)  # fmt: skip
+
+
+def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, Tokenizer]:
+    """Load a checkpoint written by ``train`` or ``release_checkpoint``: ``(model, src_tok, tgt_tok)``.
+
+    A missing file, a file that is not such a checkpoint, or a truncated one raises a clear error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a transformer_lib translator checkpoint (expected format {CHECKPOINT_FORMAT})")
+    model = Transformer(TransformerConfig(**ckpt["model_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    model.to(device).eval()
+    src_tok, tgt_tok = Tokenizer(ckpt["tokenizers"]["src"]), Tokenizer(ckpt["tokenizers"]["tgt"])
+    return model, src_tok, tgt_tok
