@@ -11,6 +11,7 @@ inference has no target, so ``greedy_decode`` grows it one token at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,12 +130,16 @@ def make_model(
     h: int = 8,
     dropout: float = 0.1,
     share_embeddings: bool = False,
-    **kwargs,
+    **config_kwargs: Any,
 ) -> Transformer:
-    """Build a Transformer; the defaults are the paper's base model. Extra keywords go to ``TransformerConfig``."""
+    """Build a Transformer; the defaults are the paper's base model.
+
+    Extra keywords (``norm_first``, ``final_norm``, ``positional``, ``max_len``, ...) go to
+    ``TransformerConfig``, which checks every size.
+    """
     config = TransformerConfig(
         src_vocab, tgt_vocab, N=N, d_model=d_model, d_ff=d_ff, h=h, dropout=dropout,
-        share_embeddings=share_embeddings, **kwargs,
+        share_embeddings=share_embeddings, **config_kwargs,
     )  # fmt: skip
     return Transformer(config)
 
@@ -153,22 +158,28 @@ def greedy_decode(
 
     Returns ``(batch, <= max_len + 1)`` token ids starting with ``bos_id``. Once a sentence has
     produced ``eos_id`` it is filled with ``pad_id`` (default: ``eos_id``); decoding stops early
-    when every sentence has finished.
+    when every sentence has finished. The model runs in eval mode (no dropout) and is put back
+    into the mode it was in.
     """
-    if max_len <= 0:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    memory = model.encode(src, src_mask)  # (batch, src_len, d_model): computed once, reused every step
-    ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)  # (batch, 1)
-    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    fill = eos_id if pad_id is None else pad_id
-    for _ in range(max_len):
-        tgt_mask = causal_mask(ys.size(1), device=src.device)  # (t, t)
-        out = model.decode(memory, src_mask, ys, tgt_mask)  # (batch, t, d_model)
-        next_token = model.generator(out[:, -1]).argmax(dim=-1)  # (batch,)
-        if eos_id is not None:
-            next_token = next_token.masked_fill(finished, fill)
-            finished |= next_token == eos_id
-        ys = torch.cat([ys, next_token[:, None]], dim=1)  # (batch, t + 1)
-        if eos_id is not None and bool(finished.all()):
-            break
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
+        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    was_training = model.training
+    model.eval()  # dropout would make the "most probable" token random
+    try:
+        memory = model.encode(src, src_mask)  # (batch, src_len, d_model): computed once, reused every step
+        ys = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)  # (batch, 1)
+        finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        fill = eos_id if pad_id is None else pad_id
+        for _ in range(max_len):
+            tgt_mask = causal_mask(ys.size(1), device=src.device)  # (t, t)
+            out = model.decode(memory, src_mask, ys, tgt_mask)  # (batch, t, d_model)
+            next_token = model.generator(out[:, -1]).argmax(dim=-1)  # (batch,): only the last position is new
+            if eos_id is not None:
+                next_token = next_token.masked_fill(finished, fill)  # finished rows only get padding
+                finished |= next_token == eos_id
+            ys = torch.cat([ys, next_token[:, None]], dim=1)  # (batch, t + 1)
+            if eos_id is not None and bool(finished.all()):
+                break
+    finally:
+        model.train(was_training)
     return ys
