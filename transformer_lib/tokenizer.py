@@ -77,9 +77,14 @@ class Tokenizer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        with os.fdopen(fd, "wb") as f:
-            f.write(self.model_bytes)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.model_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # after a failed write: no stray temporary file
         return path
 
 
@@ -96,21 +101,30 @@ def train_tokenizer(
     """
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-    if vocab_size < 8:
-        raise ValueError(f"vocab_size must be at least 8, got {vocab_size}")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 8:
+        raise ValueError(f"vocab_size must be an integer of at least 8, got {vocab_size!r}")
+    if not 0.0 < character_coverage <= 1.0:
+        raise ValueError(f"character_coverage must be in (0, 1], got {character_coverage}")
     sentences = [s for s in sentences if s.strip()]
     if not sentences:
         raise ValueError("no non-empty sentences to train the tokenizer on")
     model = io.BytesIO()
-    _spm().SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type=model_type,
-        character_coverage=character_coverage,
-        pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
-        seed_sentencepiece_size=seed_sentencepiece_size,
-        num_threads=2,
-        minloglevel=2,  # quiet
-    )  # fmt: skip
+    spm = _spm()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=character_coverage,
+            pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
+            seed_sentencepiece_size=seed_sentencepiece_size,
+            num_threads=2,
+            minloglevel=2,  # quiet
+        )  # fmt: skip
+    except RuntimeError as e:  # e.g. "Vocabulary size too high (8000). Please set it to a value <= 715."
+        raise ValueError(
+            f"SentencePiece could not train a {model_type} model with vocab_size={vocab_size} on "
+            f"{len(sentences)} sentences: {str(e).split('] ')[-1]}"
+        ) from None
     return Tokenizer(model.getvalue())

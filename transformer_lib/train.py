@@ -90,9 +90,36 @@ class TrainConfig:
             raise ValueError(f"dataset must be 'multi30k' or 'tatoeba', got {self.dataset!r}")
         if self.share_embeddings and not self.joint_vocab:
             raise ValueError("share_embeddings needs joint_vocab=True (one vocabulary for both languages)")
-        for name in ("vocab_size", "max_len", "max_tokens", "warmup", "max_steps", "log_every", "eval_every", "save_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dataset == "tatoeba" and {self.src_lang, self.tgt_lang} != {"zh", "en"}:
+            raise ValueError(
+                f"the tatoeba dataset translates between 'zh' and 'en', got src_lang={self.src_lang!r}, "
+                f"tgt_lang={self.tgt_lang!r}"
+            )
+        for name in (
+            "vocab_size", "max_len", "max_tokens", "warmup", "max_steps", "log_every", "eval_every", "save_every",
+            "keep_checkpoints",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("lr_factor", "clip_norm", "eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        for name in ("train_limit", "valid_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.max_tokens <= self.max_len:
+            raise ValueError(
+                f"max_tokens={self.max_tokens} must exceed max_len={self.max_len}: the longest training pair "
+                "(plus <bos>/<eos>) must fit in a batch"
+            )
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be positive or None, got {self.max_minutes!r}")
         self.betas = tuple(self.betas)
 
     def model_config(self, src_vocab: int, tgt_vocab: int) -> TransformerConfig:
@@ -122,6 +149,13 @@ PRESETS: dict[str, TrainConfig] = {
 }
 
 
+# Fields a resumed run may change: how long it runs and how often it logs, evaluates and saves.
+# Everything else (data, model, optimiser, seed) defines the state and must match the checkpoint.
+RESUMABLE_FIELDS = frozenset(
+    {"name", "max_steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "valid_limit", "compile"}
+)
+
+
 def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     """The paper's schedule: lr = factor * d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)."""
     step = max(step, 1)
@@ -149,14 +183,40 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # on disk before the rename, so even a power cut leaves no empty file
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
 
 
+def _read_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model_config", "model", "tokenizers")) -> dict:
+    """Load a checkpoint written by ``train``/``release_checkpoint``, or raise a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a transformer_lib translator checkpoint (expected format {CHECKPOINT_FORMAT})")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is an incomplete checkpoint: it lacks {', '.join(missing)}")
+    return ckpt
+
+
+def _config_from_checkpoint(ckpt: dict, path: str | os.PathLike) -> TrainConfig:
+    try:
+        return TrainConfig(**ckpt["train_config"])
+    except TypeError as e:  # a field this version does not know
+        raise ValueError(f"{path} holds a training config this version cannot read: {e}") from None
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint was kept."""
 
 
 @dataclass
@@ -177,14 +237,25 @@ def _load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
     return [(zh, en) for zh, en, _ in triples] if config.src_lang == "zh" else [(en, zh) for zh, en, _ in triples]
 
 
-def prepare_data(config: TrainConfig, out_dir: str | os.PathLike | None = None) -> PreparedData:
-    """Load the corpus, train SentencePiece on the training split only (or reuse the saved model), encode."""
+def prepare_data(
+    config: TrainConfig, out_dir: str | os.PathLike | None = None, reuse_tokenizer: bool = True
+) -> PreparedData:
+    """Load the corpus, train SentencePiece on the training split only (or reuse the saved model), encode.
+
+    With ``reuse_tokenizer`` the SentencePiece model(s) already in ``out_dir`` are used when their
+    vocabulary size matches ``config.vocab_size``; otherwise they are trained afresh and saved there.
+    """
     train_text = _load_pairs(config, "train")[: config.train_limit]
     valid_text = _load_pairs(config, "val")[: config.valid_limit]
     out = Path(out_dir) if out_dir is not None else None
     names = ("spm.model", "spm.model") if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
-    if out is not None and all((out / n).is_file() for n in names):  # resuming: reuse the same tokenizer
-        src_tok, tgt_tok = Tokenizer(out / names[0]), Tokenizer(out / names[1])
+    saved = None
+    if reuse_tokenizer and out is not None and all((out / n).is_file() for n in names):  # resuming
+        saved = Tokenizer(out / names[0]), Tokenizer(out / names[1])
+        if any(t.vocab_size != config.vocab_size for t in saved):
+            saved = None  # left over from a run with another vocabulary: train a fresh one
+    if saved is not None:
+        src_tok, tgt_tok = saved
     elif config.joint_vocab:
         src_tok = tgt_tok = train_tokenizer(
             [s for pair in train_text for s in pair], config.vocab_size, character_coverage=config.character_coverage
@@ -221,12 +292,36 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the records after ``step`` (a killed run logged steps its checkpoint does not hold)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            record_step = json.loads(line).get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short when the run was killed
+        if record_step <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def evaluate_loss(model: Transformer, pairs: list[tuple[list[int], list[int]]], max_tokens: int, device: torch.device) -> float:
     """Mean per-token negative log-likelihood (no smoothing) of ``pairs``."""
     model.eval()
     total, count = 0.0, 0
-    for batch in token_batches([(len(s), len(t)) for s, t in pairs], max_tokens, shuffle=False):
+    lengths = [(len(s), len(t)) for s, t in pairs]
+    # Validation pairs are not filtered by length: one longer than max_tokens gets a batch of its own.
+    budget = max([max_tokens] + [max(n) + 1 for n in lengths])
+    for batch in token_batches(lengths, budget, shuffle=False):
         src, tgt_in, tgt_out = (x.to(device) for x in collate([pairs[i] for i in batch]))
         log_probs = model(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))
         total += F.nll_loss(log_probs.reshape(-1, log_probs.size(-1)).float(), tgt_out.reshape(-1), ignore_index=0, reduction="sum").item()
@@ -246,21 +341,48 @@ def train(
 
     With ``resume=True`` it continues from ``out_dir/checkpoint_last.pt`` exactly where that run
     stopped: the same batches in the same order, the same dropout masks, hence the same losses.
+    ``config`` may then differ from the checkpoint's only in ``RESUMABLE_FIELDS`` (e.g. a larger
+    ``max_steps``); log records after the checkpoint's step (from a run that was killed) are dropped.
+    Without ``resume``, ``out_dir`` must not already hold a run (``checkpoint_last.pt``).
     ``on_eval(model, data, step)`` may add metrics (e.g. BLEU) to each evaluation record.
-    Returns a summary dict. Raises ``TrainingDiverged`` if the loss becomes NaN/inf.
+    Returns a summary dict. Raises ``TrainingDiverged`` if the loss or the gradients become NaN/inf;
+    nothing is saved then, so ``checkpoint_last.pt`` stays the last good state.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     last_path = out / "checkpoint_last.pt"
-    if resume and not last_path.is_file():
-        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
-    checkpoint = torch.load(last_path, map_location="cpu", weights_only=False) if resume else None
-    if checkpoint is not None:
-        config = TrainConfig(**checkpoint["train_config"])
+    checkpoint = None
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+        checkpoint = _read_checkpoint(last_path, ("train_config", "model_config", "model", "optimizer", "scheduler", "rng", "tokenizers"))
+        saved_config = _config_from_checkpoint(checkpoint, last_path)
+        changed = sorted(
+            f.name for f in dataclasses.fields(TrainConfig)
+            if f.name not in RESUMABLE_FIELDS and getattr(config, f.name) != getattr(saved_config, f.name)
+        )  # fmt: skip
+        if changed:
+            raise ValueError(
+                f"cannot resume {last_path} with a different {', '.join(changed)} "
+                f"(only {', '.join(sorted(RESUMABLE_FIELDS))} may change)"
+            )
+        # The exact tokenizers the run was trained with, whatever spm*.model files lie in out_dir now.
+        names = ("spm.model",) if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
+        for name, key in zip(names, ("src", "tgt")):
+            Tokenizer(checkpoint["tokenizers"][key]).save(out / name)
+    elif last_path.exists():
+        raise FileExistsError(
+            f"{out} already holds a training run ({last_path.name}); resume it or choose another output directory"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    data = prepare_data(config, out)
+    data = prepare_data(config, out, reuse_tokenizer=resume)
+    if not data.train:  # token_batches would return no batch and the epoch loop would never end
+        raise ValueError(
+            f"no training pairs left (train_limit={config.train_limit}, pairs longer than max_len={config.max_len} "
+            "tokens or with an empty side are skipped)"
+        )
     model = Transformer(config.model_config(data.src_tok.vocab_size, data.tgt_tok.vocab_size)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=config.betas, eps=config.eps)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -273,10 +395,14 @@ def train(
         schedule.load_state_dict(checkpoint["scheduler"])
         step, epoch, batch_index, elapsed = (checkpoint[k] for k in ("step", "epoch", "batch_index", "elapsed_s"))
         _set_rng_state(checkpoint["rng"])
+        _truncate_log(out / "log.jsonl", step)
     forward = torch.compile(model) if config.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
     lengths = [(len(s), len(t)) for s, t in data.train]
-    log = open(out / "log.jsonl", "a", encoding="utf-8")
+    # A fresh run starts a fresh log (one left by a run killed before its first checkpoint is dropped).
+    log = open(out / "log.jsonl", "a" if checkpoint is not None else "w", encoding="utf-8")
+    if checkpoint is not None:
+        log.write(json.dumps({"step": step, "event": "resumed"}) + "\n")
 
     def save(path: Path) -> None:
         save_atomic({
@@ -290,6 +416,13 @@ def train(
     def write(record: dict) -> None:
         log.write(json.dumps(record) + "\n")
         log.flush()
+
+    def diverged(what: str) -> None:
+        write({"step": step + 1, "event": "diverged", "reason": what})
+        raise TrainingDiverged(
+            f"{what} at step {step + 1}; training stopped. The last good checkpoint is "
+            f"{last_path if last_path.exists() else 'not written yet'}. Try a lower lr_factor or a longer warmup."
+        )
 
     bar = None
     if progress:
@@ -310,15 +443,13 @@ def train(
                     log_probs = forward(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))  # (B, T, V)
                     loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)
                 if not torch.isfinite(loss):
-                    write({"step": step + 1, "event": "diverged", "loss": float(loss)})
-                    raise TrainingDiverged(
-                        f"loss became {float(loss)} at step {step + 1}; training stopped. The last good "
-                        f"checkpoint is {last_path if last_path.exists() else 'not written yet'}. "
-                        "Try a lower lr_factor or a longer warmup."
-                    )
+                    diverged(f"loss became {loss.item()}")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                if not torch.isfinite(grad_norm):  # stepping would put NaN/inf into the weights
+                    diverged(f"the gradient norm became {float(grad_norm)} (loss {loss.item():.4g})")
+                lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
                 optimizer.step()
                 schedule.step()
                 step, batch_index = step + 1, batch_index + 1
@@ -331,15 +462,17 @@ def train(
                     now = time.perf_counter()
                     tps = window_tokens / max(now - window_start, 1e-9)
                     record = {"step": step, "epoch": epoch, "loss": sum(losses[-config.log_every:]) / len(losses[-config.log_every:]),
-                              "lr": schedule.get_last_lr()[0], "tokens_per_s": tps, "elapsed_s": elapsed}  # fmt: skip
+                              "lr": lr, "tokens_per_s": tps, "elapsed_s": elapsed}  # fmt: skip
                     write(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tps:,.0f}")
                     window_tokens, window_start = 0, now
                 if step % config.eval_every == 0 or step == config.max_steps:
+                    rng = _rng_state()  # evaluation must not change the training's random stream
                     record = {"step": step, "event": "eval", "val_loss": evaluate_loss(model, data.valid, config.max_tokens, device)}
                     if on_eval is not None:
                         record.update(on_eval(model, data, step))
+                    _set_rng_state(rng)
                     write(record)
                 if step % config.save_every == 0:
                     save(last_path)
@@ -364,16 +497,24 @@ def train(
 
 def release_checkpoint(out_dir: str | os.PathLike, path: str | os.PathLike, average_last: int = 1) -> Path:
     """Write a small inference checkpoint: fp16 weights (averaged over the last k saved), configs, tokenizers."""
+    if isinstance(average_last, bool) or not isinstance(average_last, int) or average_last < 1:
+        raise ValueError(f"average_last must be a positive integer, got {average_last!r}")
     out = Path(out_dir)
-    full = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    full = _read_checkpoint(out / "checkpoint_last.pt", ("train_config", "model_config", "model", "step", "tokenizers"))
     states = [full["model"]]
     if average_last > 1:
         saved = sorted((out / "checkpoints").glob("step_*.pt"))[-average_last:]
         if not saved:
             raise FileNotFoundError(f"no saved checkpoints in {out / 'checkpoints'} to average")
         states = [torch.load(p, map_location="cpu", weights_only=True)["model"] for p in saved]
-    averaged = {k: sum(s[k].float() for s in states) / len(states) for k in states[0]}
-    weights = {k: (v.half() if v.is_floating_point() else v) for k, v in averaged.items()}
+    weights, done = {}, {}
+    for k, v in states[0].items():
+        # Tied weights (shared embeddings) are one tensor under several names: keep them one tensor.
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
+        if key not in done:
+            mean = sum(s[k].float() for s in states) / len(states) if v.is_floating_point() else v
+            done[key] = mean.half() if v.is_floating_point() else mean
+        weights[k] = done[key]
     return save_atomic({
         "format": CHECKPOINT_FORMAT, "model_config": full["model_config"], "train_config": full["train_config"],
         "model": weights, "step": full["step"], "averaged": len(states), "tokenizers": full["tokenizers"],
@@ -385,15 +526,7 @@ def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     A missing file, a file that is not such a checkpoint, or a truncated one raises a clear error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a transformer_lib translator checkpoint (expected format {CHECKPOINT_FORMAT})")
+    ckpt = _read_checkpoint(path)
     model = Transformer(TransformerConfig(**ckpt["model_config"]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
     model.to(device).eval()
