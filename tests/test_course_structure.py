@@ -178,7 +178,7 @@ def test_public_api_has_docstrings_and_type_hints(module: str) -> None:
 
 
 def test_package_exposes_each_modules_public_names() -> None:
-    for module in MODULE_CHAPTER:
+    for module in set(MODULE_CHAPTER) - {"cli"}:  # the command line is an entry point, not library API
         mod = importlib.import_module(f"transformer_lib.{module}")
         for name in getattr(mod, "__all__", []):
             assert getattr(transformer_lib, name, None) is getattr(mod, name), f"transformer_lib.{name} is not exported"

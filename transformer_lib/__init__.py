@@ -41,3 +41,4 @@ from .train import (
 
 # Chapter 9 — decoding and evaluation
 from .evaluate import corpus_scores, translate
+from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences

@@ -12,6 +12,29 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+def _convert(key: str, value: str, annotation: str) -> object:
+    """``value`` as the type of the ``TrainConfig`` field ``key`` (annotated ``annotation``)."""
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if "None" in kinds and value.lower() in ("none", "null"):
+        return None
+    kind = next(k for k in kinds if k != "None")
+    try:
+        if kind == "bool":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind.startswith("tuple"):
+            items = json.loads(value) if value.startswith("[") else value.split(",")
+            return tuple(float(v) for v in items)
+    except (ValueError, TypeError, json.JSONDecodeError):
+        raise ValueError(f"--set {key}={value!r}: expected a value of type {annotation}") from None
+    return value  # str
+
+
 def _parse_overrides(pairs: list[str]) -> dict:
     from .train import TrainConfig
 
@@ -23,22 +46,28 @@ def _parse_overrides(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         if key not in types:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(types))}")
-        out[key] = json.loads(value) if value[:1] in "[{0123456789-tfn" and value not in ("t", "f") else value
-        if value in ("true", "false", "null"):
-            out[key] = json.loads(value)
+        out[key] = _convert(key, value.strip(), types[key])
     return out
 
 
 def _train(args: argparse.Namespace) -> int:
     from .evaluate import corpus_scores, translate
-    from .train import PRESETS, train
+    from .train import PRESETS, _config_from_checkpoint, _read_checkpoint, train
 
-    if args.resume:
-        config = None
+    overrides = _parse_overrides(args.set or [])
+    if args.resume:  # the checkpoint holds the config; --set may change how long it runs, logs, saves
+        if args.preset is not None:
+            raise ValueError("--preset cannot be combined with --resume: the run's config is in its checkpoint")
+        last = Path(args.out) / "checkpoint_last.pt"
+        if not last.is_file():
+            raise FileNotFoundError(f"cannot resume: {last} does not exist")
+        config = _config_from_checkpoint(_read_checkpoint(last, ("train_config",)), last)
     else:
-        if args.preset not in PRESETS:
-            raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
-        config = dataclasses.replace(PRESETS[args.preset], **_parse_overrides(args.set or []))
+        preset = args.preset or "tiny"
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+        config = PRESETS[preset]
+    config = dataclasses.replace(config, **overrides)
 
     def on_eval(model, data, step):
         n = args.bleu_sentences
@@ -50,19 +79,52 @@ def _train(args: argparse.Namespace) -> int:
         scores = corpus_scores(hyps, refs)
         return {"val_bleu_greedy": scores["bleu"], "val_bleu_sentences": len(hyps), "bleu_s": time.perf_counter() - start}
 
-    if config is None:  # resume: the checkpoint holds the config
-        import torch
-
-        last = Path(args.out) / "checkpoint_last.pt"
-        if not last.is_file():
-            raise FileNotFoundError(f"cannot resume: {last} does not exist")
-        from .train import TrainConfig
-
-        config = TrainConfig(**torch.load(last, map_location="cpu", weights_only=False)["train_config"])
     summary = train(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress, on_eval=on_eval)
     print(f"stopped after {summary['step']} steps ({summary['stop_reason']}), {summary['elapsed_s'] / 60:.1f} min; "
           f"checkpoint: {Path(args.out) / 'checkpoint_last.pt'}")  # fmt: skip
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _decoder(args: argparse.Namespace):
+    """The decoding method of ``--beam`` / ``--length-penalty``, and its description."""
+    from .decode import make_decoder
+
+    if args.beam == 1:
+        return make_decoder("greedy"), "greedy search"
+    description = f"beam search (beam {args.beam}, length penalty {args.length_penalty:g})"
+    return make_decoder("beam", beam_size=args.beam, length_penalty=args.length_penalty), description
+
+
+def _stdin_lines() -> list[str]:
+    """Lines of standard input, one per "\n"; bytes that are not UTF-8 become U+FFFD (-> <unk>), never an error."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    text = sys.stdin.read() if buffer is None else buffer.read().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if lines[-1] == "":  # the newline that ends the last line does not start another one
+        lines.pop()
+    return [line.rstrip("\r") for line in lines]
 
 
 def _translate(args: argparse.Namespace) -> int:
@@ -70,9 +132,16 @@ def _translate(args: argparse.Namespace) -> int:
     from .train import load_translator
 
     model, src_tok, tgt_tok = load_translator(args.checkpoint, args.device)
-    lines = [line.rstrip("\n") for line in sys.stdin]
-    keep = [i for i, line in enumerate(lines) if line.strip()]
-    outputs = translate(model, src_tok, tgt_tok, [lines[i] for i in keep], max_src_len=args.max_src_len)
+    decoder, _ = _decoder(args)
+    lines = _stdin_lines()
+    keep = [i for i, line in enumerate(lines) if line.strip()]  # blank lines are echoed as blank lines
+    max_src_len = min(args.max_src_len, model.config.max_len)  # the model has no positions beyond max_len
+    for i in keep:
+        n = len(src_tok.encode(lines[i]))
+        if n > max_src_len:
+            print(f"warning: line {i + 1} has {n} tokens; only its first {max_src_len} are translated "
+                  f"(--max-src-len {args.max_src_len}, model positions {model.config.max_len})", file=sys.stderr)  # fmt: skip
+    outputs = translate(model, src_tok, tgt_tok, [lines[i] for i in keep], max_src_len=max_src_len, decoder=decoder)
     result = dict(zip(keep, outputs))
     for i in range(len(lines)):
         print(result.get(i, ""))
@@ -85,13 +154,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .train import load_translator
 
     model, src_tok, tgt_tok = load_translator(args.checkpoint, args.device)
+    decoder, description = _decoder(args)
     pairs = load_multi30k(args.split)
-    hyps = translate(model, src_tok, tgt_tok, [s for s, _ in pairs])
+    hyps = translate(model, src_tok, tgt_tok, [s for s, _ in pairs], decoder=decoder)
     scores = corpus_scores(hyps, [t for _, t in pairs])
+    print(f"decoding: {description}")
     print(f"{args.split}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
     print(f"BLEU signature: {scores['bleu_signature']}")
     print(f"chrF signature: {scores['chrf_signature']}")
     return 0
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beam", type=_positive_int, default=4, metavar="N", help="beam size; 1 = greedy search (default 4)")
+    p.add_argument("--length-penalty", type=_non_negative_float, default=0.6, metavar="ALPHA",
+                   help="GNMT length penalty alpha of beam search, ((5 + len) / 6) ** alpha (default 0.6)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,10 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m transformer_lib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train a translator")
-    p.add_argument("--preset", default="tiny", help="tiny, multi30k (GPU) or multi30k_cpu")
+    p.add_argument("--preset", default=None, help="tiny (the default), multi30k (GPU) or multi30k_cpu")
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, SentencePiece models)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="override config values, e.g. max_steps=2000")
+    p.add_argument(
+        "--set", nargs="*", metavar="KEY=VALUE",
+        help="override config values, e.g. max_steps=2000 (with --resume only run length, logging and saving)",
+    )  # fmt: skip
     p.add_argument("--device", default=None)
     p.add_argument("--bleu-sentences", type=int, default=300, help="validation sentences scored with greedy BLEU at each eval")
     p.add_argument("--no-progress", action="store_true")
@@ -110,12 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("translate", help="translate lines from standard input")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-src-len", type=int, default=256, help="longer inputs are cut to this many tokens")
+    p.add_argument("--max-src-len", type=_positive_int, default=256,
+                   help="longer inputs are cut to this many tokens (with a warning)")  # fmt: skip
+    _add_decoding_arguments(p)
     p.set_defaults(run=_translate)
     p = sub.add_parser("evaluate", help="BLEU and chrF on a Multi30k split")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default="test_2016_flickr")
     p.add_argument("--device", default="cpu")
+    _add_decoding_arguments(p)
     p.set_defaults(run=_evaluate)
     return parser
 

@@ -12,7 +12,8 @@ from typing import Callable
 import torch
 
 from .masks import padding_mask
-from .model import Transformer, greedy_decode
+from .decode import make_decoder
+from .model import Transformer
 from .tokenizer import Tokenizer
 
 __all__ = ["corpus_scores", "translate"]
@@ -46,13 +47,12 @@ def translate(
     """Translate ``sentences`` in batches (sorted by length for speed), returning text in input order.
 
     ``decoder(model, src, src_mask, max_len)`` returns token ids ``(batch, len)`` starting with
-    ``<bos>``; the default is greedy decoding. Sources longer than ``max_src_len`` tokens are cut.
+    ``<bos>``; the default is greedy search with the key/value cache. Sources longer than ``max_src_len`` tokens are cut.
     """
     model.eval()
     device = next(model.parameters()).device
     if decoder is None:
-        def decoder(m, s, mask, max_len):  # noqa: E306
-            return greedy_decode(m, s, mask, max_len, tgt_tok.bos_id, tgt_tok.eos_id, tgt_tok.pad_id)
+        decoder = make_decoder("greedy", bos_id=tgt_tok.bos_id, eos_id=tgt_tok.eos_id, pad_id=tgt_tok.pad_id)
     encoded = [src_tok.encode(s)[:max_src_len] or [src_tok.unk_id] for s in sentences]
     order = sorted(range(len(sentences)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(sentences)
