@@ -165,6 +165,87 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _release(args: argparse.Namespace) -> int:
+    """Average/choose the weights, write the fp16 release, score every test split, write the results."""
+    import hashlib
+    import shutil
+    import tempfile
+
+    import torch
+
+    from .data import MULTI30K_SPLITS, DataError, load_multi30k
+    from .decode import make_decoder
+    from .evaluate import corpus_scores, device_description, plot_training_log, translate
+    from .train import load_translator, release_checkpoint
+
+    run, out = Path(args.run_dir), Path(args.out)
+    full = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    train_config = full["train_config"]
+    if train_config["dataset"] != "multi30k":
+        raise ValueError("release scores Multi30k test splits; this run trained on " + train_config["dataset"])
+    valid = load_multi30k("val", train_config["src_lang"], train_config["tgt_lang"])[: args.choose_on]
+    candidates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in sorted({1, args.average}):  # 1 = the last weights; k > 1 = the mean of the last k saved
+            path = release_checkpoint(run, Path(tmp) / f"avg{k}.pt", average_last=k)
+            model, src_tok, tgt_tok = load_translator(path, args.device)
+            hyps = translate(model, src_tok, tgt_tok, [s for s, _ in valid])
+            candidates[k] = (corpus_scores(hyps, [t for _, t in valid])["bleu"], path)
+            print(f"weights averaged over {k} checkpoint(s): validation BLEU (greedy, {len(valid)} sentences) "
+                  f"{candidates[k][0]:.2f}")  # fmt: skip
+        best = max(candidates, key=lambda k: candidates[k][0])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(candidates[best][1], out)
+    model, src_tok, tgt_tok = load_translator(out, args.device)
+    greedy = make_decoder("greedy")
+    beam = make_decoder("beam", beam_size=args.beam, length_penalty=args.length_penalty)
+    scores, signatures = {}, {}
+    for split in MULTI30K_SPLITS:
+        if not split.startswith("test"):
+            continue
+        try:
+            pairs = load_multi30k(split, train_config["src_lang"], train_config["tgt_lang"])
+        except DataError as e:  # e.g. a local mirror without test_2018_flickr
+            print(f"skipping {split}: {e}", file=sys.stderr)
+            continue
+        sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
+        scores[split] = {}
+        for name, decoder in (("greedy", greedy), ("beam", beam)):
+            start = time.perf_counter()
+            result = corpus_scores(translate(model, src_tok, tgt_tok, sources, decoder=decoder), refs)
+            signatures = {k: result[k] for k in ("bleu_signature", "chrf_signature")}
+            scores[split][name] = {"bleu": round(result["bleu"], 2), "chrf": round(result["chrf"], 2),
+                                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+            if name == "beam":
+                scores[split][name].update(beam_size=args.beam, length_penalty=args.length_penalty)
+            print(f"{split:18s} {name:6s} BLEU {result['bleu']:6.2f}  chrF {result['chrf']:6.2f}")
+    log_lines = (run / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    speeds = [json.loads(line)["tokens_per_s"] for line in log_lines if '"tokens_per_s"' in line]
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    stem = results_path.with_suffix("")
+    shutil.copyfile(run / "log.jsonl", f"{stem}_log.jsonl")
+    plot_training_log(run / "log.jsonl", f"{stem}_curves.png")
+    results = {
+        "task": "multi30k de-en" if train_config["src_lang"] == "de" else f"multi30k {train_config['src_lang']}-en",
+        "device": args.trained_on or device_description(args.device),
+        "command": args.command_line,
+        "config": train_config,
+        "steps": full["step"], "epochs": full["epoch"], "wall_time_s": round(full["elapsed_s"], 1),
+        "tokens_per_s": round(sum(speeds) / max(len(speeds), 1), 1),
+        "checkpoint": {
+            "path": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
+            "dtype": "float16", "averaged_checkpoints": best,
+            "validation_bleu_by_averaging": {str(k): round(v[0], 2) for k, v in candidates.items()},
+        },
+        "scores": scores, **signatures,
+        "evaluated_on": device_description(args.device),
+    }  # fmt: skip
+    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
+    return 0
+
+
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=_positive_int, default=4, metavar="N", help="beam size; 1 = greedy search (default 4)")
     p.add_argument("--length-penalty", type=_non_negative_float, default=0.6, metavar="ALPHA",
@@ -200,6 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     _add_decoding_arguments(p)
     p.set_defaults(run=_evaluate)
+    p = sub.add_parser("release", help="make the small release checkpoint of a run and score it on every test split")
+    p.add_argument("--run", dest="run_dir", required=True, help="the training run directory")
+    p.add_argument("--out", required=True, help="the release checkpoint to write (fp16)")
+    p.add_argument("--results", required=True, help="the results JSON to write (log and curves are written beside it)")
+    p.add_argument("--average", type=_positive_int, default=5, help="also try the mean of the last N saved weights")
+    p.add_argument("--choose-on", type=_positive_int, default=500, help="validation sentences that decide averaging")
+    p.add_argument("--trained-on", default=None, help="device description of the training machine")
+    p.add_argument("--command-line", default="", help="the training command, recorded in the results")
+    p.add_argument("--device", default="cpu")
+    _add_decoding_arguments(p)
+    p.set_defaults(run=_release)
     return parser
 
 

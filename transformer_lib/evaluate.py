@@ -7,6 +7,10 @@ results are comparable across papers and runs.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -16,7 +20,7 @@ from .decode import make_decoder
 from .model import Transformer
 from .tokenizer import Tokenizer
 
-__all__ = ["corpus_scores", "translate"]
+__all__ = ["corpus_scores", "translate", "device_description", "plot_training_log"]
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
@@ -70,3 +74,48 @@ def translate(
                 ids = ids[: ids.index(tgt_tok.eos_id)]
             out[i] = tgt_tok.decode(ids)
     return out
+
+
+def device_description(device: str | torch.device = "cpu") -> str:
+    """A readable name of the machine that computed a result, e.g. ``"NVIDIA H100 80GB HBM3"``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
+
+
+def plot_training_log(log_path: str | os.PathLike, png_path: str | os.PathLike | None = None):
+    """Plot training loss, validation loss and validation BLEU from a ``log.jsonl``; save if ``png_path``.
+
+    Returns the matplotlib figure.
+    """
+    import matplotlib
+
+    if png_path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(log_path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r and "event" not in r]
+    evals = [r for r in records if r.get("event") == "eval"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss (label-smoothed)")
+    ax1.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss (NLL)")
+    ax1.set(title="Loss", xlabel="step", ylabel="nats per token")
+    ax1.legend()
+    bleu = [r for r in evals if "val_bleu_greedy" in r]
+    ax2.plot([r["step"] for r in bleu], [r["val_bleu_greedy"] for r in bleu], "o-", color="C2")
+    ax2.set(title="Validation BLEU (greedy, subset)", xlabel="step", ylabel="sacreBLEU")
+    fig.tight_layout()
+    if png_path is not None:
+        Path(png_path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, dpi=110)
+    return fig
