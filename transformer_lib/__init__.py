@@ -40,5 +40,5 @@ from .train import (
 )
 
 # Chapter 9 — decoding and evaluation
-from .evaluate import corpus_scores, translate
+from .evaluate import corpus_scores, device_description, plot_training_log, translate
 from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences

@@ -11,7 +11,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -19,6 +19,9 @@ from .masks import padding_mask
 from .decode import make_decoder
 from .model import Transformer
 from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["corpus_scores", "translate", "device_description", "plot_training_log"]
 
@@ -92,7 +95,7 @@ def device_description(device: str | torch.device = "cpu") -> str:
     return f"CPU: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} thread(s)"
 
 
-def plot_training_log(log_path: str | os.PathLike, png_path: str | os.PathLike | None = None):
+def plot_training_log(log_path: str | os.PathLike, png_path: str | os.PathLike | None = None) -> "Figure":
     """Plot training loss, validation loss and validation BLEU from a ``log.jsonl``; save if ``png_path``.
 
     Returns the matplotlib figure.
