@@ -18,8 +18,7 @@ from transformer_lib import data
 from transformer_lib.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-MIRROR = ROOT.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="../shared/data (the offline corpus mirror) is absent")
+pytestmark = pytest.mark.usefixtures("offline")
 
 STEPS = 30
 TRAIN_ARGS = [
@@ -28,23 +27,6 @@ TRAIN_ARGS = [
     "--bleu-sentences", "5", "--no-progress", "--device", "cpu",
 ]  # fmt: skip
 SOURCES = ["Ein Hund läuft durch den Schnee.", "Zwei Männer spielen Fußball."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    """Corpora from the shared mirror into a private cache; the network is off; one math thread.
-
-    On two busy cores one thread trains these tiny models several times faster than two threads
-    fighting over them, and it makes in-process results comparable with a subprocess's.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(data.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        mp.setenv(data.MIRROR_ENV, str(MIRROR))
-        mp.setattr(data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tests must not use the network"))
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,7 @@ import pytest
 from transformer_lib import data
 from transformer_lib.data import DataError, RemoteFile, fetch, load_multi30k, load_tatoeba
 
-MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="../shared/data (the offline corpus mirror) is absent")
+from conftest import MIRROR
 
 
 @pytest.fixture

@@ -84,15 +84,6 @@ def reference_score(model: Transformer, src_row: torch.Tensor, hyp: list[int], a
     return total / ((5 + len(hyp)) / 6) ** alpha
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matrices: one thread is fastest, and two threads spin-waiting on a busy machine are very slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def pad_to(ys: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(ys, (0, width - ys.size(1)), value=PAD_ID)
 

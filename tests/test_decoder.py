@@ -19,15 +19,6 @@ TGT_LENGTHS = [6, 4, 1]  # real tokens per target row, padding at the end (never
 SRC_LENGTHS = [5, 2, 3]  # real tokens per source row
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def length_mask(lengths: list[int], size: int) -> torch.Tensor:
     """``(batch, size)`` bool: True on the first ``lengths[b]`` positions of row b."""
     return torch.arange(size)[None, :] < torch.tensor(lengths)[:, None]

@@ -25,15 +25,6 @@ ATOL = 1e-5
 SRC_VOCAB, TGT_VOCAB, D_MODEL, HEADS, D_FF = 11, 13, 16, 4, 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def length_mask(lengths: list[int], size: int) -> torch.Tensor:
     """``(batch, size)`` bool: True on the first ``lengths[b]`` positions of row b (padding at the end)."""
     return torch.arange(size)[None, :] < torch.tensor(lengths)[:, None]

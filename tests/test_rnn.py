@@ -18,15 +18,6 @@ LOOP_ATOL = 1e-5  # one nn.GRU call over all steps vs one call per step: differe
 VOCAB, EMB, HIDDEN = FIRST_SYMBOL_ID + 10, 8, 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is fastest, and far faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def padded_batch() -> torch.Tensor:
     """Three sources of lengths 5, 3 and 1, padded to 5."""
     return torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0], [11, 0, 0, 0, 0]])

@@ -10,8 +10,7 @@ import pytest
 from transformer_lib import data, tokenizer
 from transformer_lib.tokenizer import Tokenizer, train_tokenizer
 
-MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="../shared/data (the offline corpus mirror) is absent")
+from conftest import MIRROR
 
 N_PAIRS = 2000  # Multi30k training pairs the module's tokenizer learns from (both languages)
 VOCAB = 1000

@@ -26,8 +26,7 @@ from transformer_lib.train import (
     train,
 )
 
-MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not MIRROR.is_dir(), reason="../shared/data (the offline corpus mirror) is absent")
+pytestmark = pytest.mark.usefixtures("offline")
 # The module itself: ``transformer_lib.train`` as an attribute is the function that __init__ exports.
 train_module = importlib.import_module("transformer_lib.train")
 
@@ -46,23 +45,6 @@ RESUME = dataclasses.replace(
     PRESETS["tiny"], name="resume", train_limit=64, valid_limit=8, vocab_size=300, max_tokens=400, warmup=10,
     max_steps=12, log_every=2, eval_every=100, save_every=100, seed=3,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline(tmp_path_factory):
-    """Corpora from the shared mirror into a private cache; the network is off; one math thread.
-
-    On two busy cores one thread trains these tiny models several times faster than two threads
-    fighting over them, and it makes in-process results comparable with a subprocess's.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(data.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        mp.setenv(data.MIRROR_ENV, str(MIRROR))
-        mp.setattr(data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tests must not use the network"))
-        yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
