@@ -43,6 +43,8 @@ def test_released_checkpoint_is_fp16_and_loads(results: dict) -> None:
     assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
     model, src_tok, tgt_tok = load_translator(ROOT / results["checkpoint"]["path"])
     assert not model.training and src_tok.vocab_size == model.config.src_vocab
+    beside = (ROOT / results["checkpoint"]["path"]).with_suffix(".spm.model")
+    assert beside.read_bytes() == src_tok.model_bytes, "the SentencePiece model beside the release must be its own"
 
 
 def test_cli_translates_with_the_released_checkpoint(results: dict) -> None:

@@ -197,6 +197,9 @@ def _release(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(candidates[best][1], out)
     model, src_tok, tgt_tok = load_translator(out, args.device)
+    spm_paths = {src_tok.save(out.with_suffix(".spm.model"))}  # the SentencePiece model(s) beside the checkpoint
+    if tgt_tok.model_bytes != src_tok.model_bytes:
+        spm_paths = {src_tok.save(out.with_suffix(".src.spm.model")), tgt_tok.save(out.with_suffix(".tgt.spm.model"))}
     greedy = make_decoder("greedy")
     beam = make_decoder("beam", beam_size=args.beam, length_penalty=args.length_penalty)
     scores, signatures = {}, {}
@@ -242,7 +245,7 @@ def _release(args: argparse.Namespace) -> int:
         "evaluated_on": device_description(args.device),
     }  # fmt: skip
     results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
+    print(f"wrote {out}, {', '.join(map(str, sorted(spm_paths)))}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
     return 0
 
 
