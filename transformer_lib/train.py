@@ -165,8 +165,9 @@ def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
 def label_smoothed_loss(log_probs: Tensor, target: Tensor, smoothing: float, pad_id: int = 0) -> Tensor:
     """Mean cross-entropy against targets smoothed by ``smoothing``, ignoring ``pad_id`` positions.
 
-    ``log_probs`` ``(batch, len, vocab)``, ``target`` ``(batch, len)``. The true token gets
-    ``1 - smoothing`` of the probability mass, the rest is spread uniformly over the vocabulary.
+    ``log_probs`` ``(batch, len, vocab)``, ``target`` ``(batch, len)``. The target distribution is
+    ``(1 - smoothing) * one_hot + smoothing / vocab`` (PyTorch's definition): the true token gets
+    ``1 - smoothing + smoothing / vocab``, every other id (``<pad>`` included) ``smoothing / vocab``.
     """
     vocab = log_probs.size(-1)
     # log_softmax is idempotent, so passing log-probabilities as logits is exact.
