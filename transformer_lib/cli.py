@@ -167,19 +167,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     """Average/choose the weights, write the fp16 release, score every test split, write the results."""
-    import hashlib
     import shutil
     import tempfile
 
-    import torch
-
-    from .data import MULTI30K_SPLITS, DataError, load_multi30k
+    from .data import MULTI30K_SPLITS, DataError, _sha256, load_multi30k
     from .decode import make_decoder
     from .evaluate import corpus_scores, device_description, plot_training_log, translate
-    from .train import load_translator, release_checkpoint
+    from .train import _read_checkpoint, load_translator, release_checkpoint
 
     run, out = Path(args.run_dir), Path(args.out)
-    full = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    full = _read_checkpoint(run / "checkpoint_last.pt", ("train_config", "step", "epoch", "elapsed_s"))
     train_config = full["train_config"]
     if train_config["dataset"] != "multi30k":
         raise ValueError("release scores Multi30k test splits; this run trained on " + train_config["dataset"])
@@ -237,7 +234,7 @@ def _release(args: argparse.Namespace) -> int:
         "steps": full["step"], "epochs": full["epoch"], "wall_time_s": round(full["elapsed_s"], 1),
         "tokens_per_s": round(sum(speeds) / max(len(speeds), 1), 1),
         "checkpoint": {
-            "path": str(out), "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
+            "path": str(out), "sha256": _sha256(out), "bytes": out.stat().st_size,
             "dtype": "float16", "averaged_checkpoints": best,
             "validation_bleu_by_averaging": {str(k): round(v[0], 2) for k, v in candidates.items()},
         },
