@@ -271,3 +271,18 @@ def test_positional_encoding_breaks_permutation_equivariance():
         # with positions: different vectors
         diff = (attn(pos(embed(tokens[:, p])))[0] - out_pos[:, p]).abs().max()
         assert diff > 1e-2, f"permutation {perm} left the outputs unchanged (max difference {diff:.2e})"
+
+
+def test_embeddings_id_check_reads_nothing_back_from_other_devices():
+    # On a GPU the min/max check would stall the device at every call; off the CPU it is skipped.
+    # A meta tensor has no values to read back: the old check failed on it, the new one never reads.
+    emb = Embeddings(vocab_size=5, d_model=4).to("meta")
+    out = emb(torch.zeros(2, 3, dtype=torch.long, device="meta"))
+    assert out.shape == (2, 3, 4) and out.device.type == "meta"
+
+
+def test_embeddings_compile_without_graph_breaks():
+    # The id-range check is data-dependent Python control flow: traced, it would split the graph.
+    explanation = torch._dynamo.explain(Embeddings(vocab_size=5, d_model=4))(torch.tensor([[0, 4, 2]]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

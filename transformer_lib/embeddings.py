@@ -25,6 +25,12 @@ def _check_positive_ints(**sizes: int) -> None:
             raise ValueError(f"{name} must be a positive integer, got {n!r}")
 
 
+def _compiling() -> bool:
+    """True while torch.compile traces the code (then data-dependent checks would break the graph)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling()) if is_compiling is not None else bool(torch._dynamo.is_compiling())
+
+
 def _check_vectors(x: Tensor, d_model: int) -> None:
     """Inputs of the positional modules: floating-point ``(batch, len, d_model)``."""
     if not isinstance(x, Tensor):
@@ -60,11 +66,15 @@ class Embeddings(nn.Module):
             raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
         if tokens.dim() != 2:
             raise ValueError(f"tokens must have shape (batch, len), got shape {tuple(tokens.shape)}")
-        if tokens.numel() > 0 and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
-            raise ValueError(
-                f"token ids must lie in [0, vocab_size={self.vocab_size}), "
-                f"got ids from {int(tokens.min())} to {int(tokens.max())}"
-            )
+        # The range check reads min/max back to the host: free on the CPU, but on a GPU it would stall the
+        # device at every call, and under torch.compile it would break the graph. There, nn.Embedding's own
+        # bounds check (an IndexError on the CPU, a device-side assert on CUDA) is left to catch bad ids.
+        if tokens.numel() > 0 and tokens.device.type == "cpu" and not _compiling():
+            if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+                raise ValueError(
+                    f"token ids must lie in [0, vocab_size={self.vocab_size}), "
+                    f"got ids from {int(tokens.min())} to {int(tokens.max())}"
+                )
         return self.lut(tokens) * math.sqrt(self.d_model)  # (batch, len, d_model)
 
 

@@ -4,10 +4,18 @@ The pieces of the paper's recipe, in one loop: token-budget batches, teacher for
 smoothing (0.1), Adam with beta2 = 0.98 and the warmup-then-inverse-square-root learning rate,
 gradient clipping, bf16 autocast on a GPU. Everything needed to continue a run exactly is saved
 atomically: model, optimizer, scheduler, step, position in the data and the random states.
+
+Launched by ``torchrun`` (which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``), ``train`` runs
+data-parallel: one process per device, the model wrapped in ``DistributedDataParallel`` (NCCL on
+GPUs, gloo on CPUs). Every optimizer step consumes ``world_size * grad_accum`` consecutive batches of
+one global batch order; process ``r`` takes every ``world_size``-th of them, and the loss is
+weighted so that the gradient is that of one process over all of them. ``grad_accum`` alone does
+the same in a single process, so one process reproduces a multi-process run exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -70,6 +78,7 @@ class TrainConfig:
     positional: str = "sinusoidal"  # or "learned" (TransformerConfig.positional)
     # optimisation
     max_tokens: int = 4096  # padded tokens per batch
+    grad_accum: int = 1  # batches per optimizer step per process; the global batch is world_size * grad_accum of them
     lr_factor: float = 1.0  # peak lr = lr_factor * d_model^-0.5 * warmup^-0.5
     warmup: int = 1000
     warmup_ramp: bool = True  # False: no linear ramp, the peak lr from step 1, then the same step^-0.5 decay
@@ -98,7 +107,7 @@ class TrainConfig:
                 f"tgt_lang={self.tgt_lang!r}"
             )
         for name in (
-            "vocab_size", "max_len", "max_tokens", "warmup", "max_steps", "log_every", "eval_every", "save_every",
+            "vocab_size", "max_len", "max_tokens", "grad_accum", "warmup", "max_steps", "log_every", "eval_every", "save_every",
             "keep_checkpoints",
         ):  # fmt: skip
             value = getattr(self, name)
@@ -164,9 +173,11 @@ PRESETS: dict[str, TrainConfig] = {
 
 # Fields a resumed run may change: how long it runs and how often it logs, evaluates and saves.
 # Everything else (data, model, optimiser, seed) defines the state and must match the checkpoint.
+# grad_accum may change only with the number of processes, so that world_size * grad_accum stays.
 RESUMABLE_FIELDS = frozenset(
-    {"name", "max_steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "valid_limit", "compile"}
-)
+    {"name", "max_steps", "max_minutes", "log_every", "eval_every", "save_every", "keep_checkpoints", "valid_limit", "compile",
+     "grad_accum"}
+)  # fmt: skip
 
 
 def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0, ramp: bool = True) -> float:
@@ -257,12 +268,13 @@ def _load_pairs(config: TrainConfig, split: str) -> list[tuple[str, str]]:
 
 
 def prepare_data(
-    config: TrainConfig, out_dir: str | os.PathLike | None = None, reuse_tokenizer: bool = True
+    config: TrainConfig, out_dir: str | os.PathLike | None = None, reuse_tokenizer: bool = True, write: bool = True
 ) -> PreparedData:
     """Load the corpus, train SentencePiece on the training split only (or reuse the saved model), encode.
 
     With ``reuse_tokenizer`` the SentencePiece model(s) already in ``out_dir`` are used when their
     vocabulary size matches ``config.vocab_size``; otherwise they are trained afresh and saved there.
+    ``write=False`` saves nothing (the other processes of a distributed run read what rank 0 wrote).
     """
     train_text = _load_pairs(config, "train")[: config.train_limit]
     valid_text = _load_pairs(config, "val")[: config.valid_limit]
@@ -282,7 +294,7 @@ def prepare_data(
     else:
         src_tok = train_tokenizer([s for s, _ in train_text], config.vocab_size, character_coverage=config.character_coverage)
         tgt_tok = train_tokenizer([t for _, t in train_text], config.vocab_size, character_coverage=config.character_coverage)
-    if out is not None:
+    if out is not None and write:
         src_tok.save(out / names[0])
         tgt_tok.save(out / names[1])
 
@@ -348,6 +360,19 @@ def evaluate_loss(model: Transformer, pairs: list[tuple[list[int], list[int]]], 
     return total / max(count, 1)
 
 
+def _distributed_env() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` from the variables ``torchrun`` sets, or ``None`` without them."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    except ValueError:
+        raise ValueError(
+            f"RANK={os.environ['RANK']!r}, WORLD_SIZE={os.environ['WORLD_SIZE']!r}, LOCAL_RANK={os.environ.get('LOCAL_RANK')!r} "
+            "must be integers (they are set by torchrun)"
+        ) from None
+
+
 def train(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -366,9 +391,51 @@ def train(
     ``on_eval(model, data, step)`` may add metrics (e.g. BLEU) to each evaluation record.
     Returns a summary dict. Raises ``TrainingDiverged`` if the loss or the gradients become NaN/inf;
     nothing is saved then, so ``checkpoint_last.pt`` stays the last good state.
+
+    Under ``torchrun`` (see the module docstring) every process calls ``train``: the process group
+    is created (NCCL for CUDA, gloo otherwise) unless one exists, each process uses GPU
+    ``LOCAL_RANK`` when CUDA is used, only rank 0 writes files and evaluates, and the group is
+    destroyed at the end if ``train`` created it.
     """
-    out = Path(out_dir)
+    env = _distributed_env()
+    if env is None:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        return _train_process(config, Path(out_dir), resume, device, progress, on_eval, rank=0, world_size=1)
+    import torch.distributed as dist
+
+    rank, world_size, local_rank = env
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if device.index is None else device.index)
+        torch.cuda.set_device(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train_process(config, Path(out_dir), resume, device, progress, on_eval, rank, world_size)
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _train_process(
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    device: torch.device,
+    progress: bool,
+    on_eval: Callable[[Transformer, PreparedData, int], dict] | None,
+    rank: int,
+    world_size: int,
+) -> dict:
+    """The training loop of one process (``rank`` of ``world_size``); ``train`` documents it."""
+    import torch.distributed as dist
+
+    def barrier() -> None:
+        if world_size > 1:
+            dist.barrier()
+
+    micro = world_size * config.grad_accum  # batches per optimizer step, over all processes
     last_path = out / "checkpoint_last.pt"
     checkpoint = None
     if resume:
@@ -385,18 +452,28 @@ def train(
                 f"cannot resume {last_path} with a different {', '.join(changed)} "
                 f"(only {', '.join(sorted(RESUMABLE_FIELDS))} may change)"
             )
-        # The exact tokenizers the run was trained with, whatever spm*.model files lie in out_dir now.
-        names = ("spm.model",) if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
-        for name, key in zip(names, ("src", "tgt")):
-            Tokenizer(checkpoint["tokenizers"][key]).save(out / name)
+        saved_world = checkpoint.get("world_size", 1)
+        if saved_world * saved_config.grad_accum != micro:
+            raise ValueError(
+                f"cannot resume {last_path}: it took {saved_world} process(es) x grad_accum={saved_config.grad_accum} "
+                f"batches per step, this run {world_size} x {config.grad_accum}; keep the product the same"
+            )
+        if rank == 0:  # the exact tokenizers the run was trained with, whatever spm*.model files lie in out_dir now
+            names = ("spm.model",) if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
+            for name, key in zip(names, ("src", "tgt")):
+                Tokenizer(checkpoint["tokenizers"][key]).save(out / name)
     elif last_path.exists():
         raise FileExistsError(
             f"{out} already holds a training run ({last_path.name}); resume it or choose another output directory"
         )
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    data = prepare_data(config, out, reuse_tokenizer=resume)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        data = prepare_data(config, out, reuse_tokenizer=resume)
+    barrier()  # the other processes read the SentencePiece models rank 0 has just written
+    if rank != 0:
+        data = prepare_data(config, out, reuse_tokenizer=True, write=False)
     if not data.train:  # token_batches would return no batch and the epoch loop would never end
         raise ValueError(
             f"no training pairs left (train_limit={config.train_limit}, pairs longer than max_len={config.max_len} "
@@ -408,33 +485,56 @@ def train(
         optimizer, lambda s: noam_lr(s + 1, config.d_model, config.warmup, config.lr_factor, config.warmup_ramp)
     )
     step, epoch, batch_index, elapsed = 0, 0, 0, 0.0
+    if rank > 0:  # same weights on every process, but each its own dropout masks
+        torch.manual_seed(config.seed + 7919 * rank)
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["scheduler"])
         step, epoch, batch_index, elapsed = (checkpoint[k] for k in ("step", "epoch", "batch_index", "elapsed_s"))
-        _set_rng_state(checkpoint["rng"])
-        _truncate_log(out / "log.jsonl", step)
-    forward = torch.compile(model) if config.compile else model
+        states = checkpoint.get("rng_per_rank")
+        if states is not None and len(states) == world_size:
+            _set_rng_state(states[rank])
+        elif rank == 0:
+            _set_rng_state(checkpoint["rng"])
+        else:  # resumed with another number of processes: a fresh, repeatable stream for this rank
+            torch.manual_seed(config.seed + 7919 * rank + step)
+        if rank == 0:
+            _truncate_log(out / "log.jsonl", step)
+    ddp = None
+    if world_size > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )  # averages the gradients of all processes during backward
+    forward = torch.compile(ddp or model) if config.compile else (ddp or model)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
     lengths = [(len(s), len(t)) for s, t in data.train]
     # A fresh run starts a fresh log (one left by a run killed before its first checkpoint is dropped).
-    log = open(out / "log.jsonl", "a" if checkpoint is not None else "w", encoding="utf-8")
-    if checkpoint is not None:
-        log.write(json.dumps({"step": step, "event": "resumed"}) + "\n")
+    log = None
+    if rank == 0:  # only rank 0 writes: log, checkpoints, tokenizers
+        log = open(out / "log.jsonl", "a" if checkpoint is not None else "w", encoding="utf-8")
+        if checkpoint is not None:
+            log.write(json.dumps({"step": step, "event": "resumed"}) + "\n")
 
     def save(path: Path) -> None:
-        save_atomic({
-            "format": CHECKPOINT_FORMAT, "train_config": dataclasses.asdict(config),
-            "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step, "epoch": epoch,
-            "batch_index": batch_index, "elapsed_s": elapsed, "rng": _rng_state(),
-            "tokenizers": {"src": data.src_tok.model_bytes, "tgt": data.tgt_tok.model_bytes},
-        }, path)  # fmt: skip
+        rng_per_rank = None
+        if world_size > 1:  # every process's random state, so that resuming continues each stream
+            rng_per_rank = [None] * world_size
+            dist.all_gather_object(rng_per_rank, _rng_state())
+        if rank == 0:
+            save_atomic({
+                "format": CHECKPOINT_FORMAT, "train_config": dataclasses.asdict(config),
+                "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": schedule.state_dict(), "step": step, "epoch": epoch,
+                "batch_index": batch_index, "elapsed_s": elapsed, "rng": _rng_state(), "world_size": world_size,
+                "rng_per_rank": rng_per_rank,
+                "tokenizers": {"src": data.src_tok.model_bytes, "tgt": data.tgt_tok.model_bytes},
+            }, path)  # fmt: skip
 
     def write(record: dict) -> None:
-        log.write(json.dumps(record) + "\n")
-        log.flush()
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
 
     def diverged(what: str) -> None:
         write({"step": step + 1, "event": "diverged", "reason": what})
@@ -444,7 +544,7 @@ def train(
         )
 
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=config.max_steps, initial=step, desc=config.name, dynamic_ncols=True)
@@ -456,26 +556,43 @@ def train(
     try:
         while step < config.max_steps:
             batches = token_batches(lengths, config.max_tokens, shuffle=True, seed=config.seed * 100_003 + epoch)
-            while batch_index < len(batches) and step < config.max_steps:
+            if len(batches) < micro:
+                raise ValueError(
+                    f"an epoch has only {len(batches)} batches, fewer than the {micro} (processes x grad_accum) of one step"
+                )
+            while batch_index + micro <= len(batches) and step < config.max_steps:
                 model.train()
-                src, tgt_in, tgt_out = (x.to(device, non_blocking=True) for x in collate([data.train[i] for i in batches[batch_index]]))
-                with autocast:
-                    log_probs = forward(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))  # (B, T, V)
-                    loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)
+                group = batches[batch_index : batch_index + micro]  # this step's global batch, the same on every process
+                tokens = [sum(lengths[i][1] + 1 for i in b) for b in group]  # target tokens (with <eos>) per batch
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.zeros((), device=device)  # this process's share of the step's mean loss
+                mine = range(rank, micro, world_size)  # every world_size-th batch of the group
+                for j, k in enumerate(mine):
+                    src, tgt_in, tgt_out = (x.to(device, non_blocking=True) for x in collate([data.train[i] for i in group[k]]))
+                    weight = tokens[k] / sum(tokens)  # the batch's share of the step's tokens (1.0 for one batch)
+                    # DDP synchronises (averages) the gradients in the backward of the last micro-batch only.
+                    sync = ddp.no_sync() if ddp is not None and j < len(mine) - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast:
+                            log_probs = forward(src, tgt_in, padding_mask(src, 0), target_mask(tgt_in, 0))  # (B, T, V)
+                            batch_loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)
+                        # x world_size undoes DDP's average: the gradient of the token-weighted mean over the group
+                        (batch_loss * (weight * world_size)).backward()
+                    loss = loss + batch_loss.detach() * weight
+                if world_size > 1:
+                    dist.all_reduce(loss)  # the mean loss over the whole group, identical on every process
                 if not torch.isfinite(loss):
                     diverged(f"loss became {loss.item()}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 if not torch.isfinite(grad_norm):  # stepping would put NaN/inf into the weights
                     diverged(f"the gradient norm became {float(grad_norm)} (loss {loss.item():.4g})")
                 lr = optimizer.param_groups[0]["lr"]  # the rate this update uses
                 optimizer.step()
                 schedule.step()
-                step, batch_index = step + 1, batch_index + 1
+                step, batch_index = step + 1, batch_index + micro
                 losses.append(loss.item())
                 grad_norms.append(float(grad_norm))
-                window_tokens += int((tgt_out != 0).sum()) + int((src != 0).sum())
+                window_tokens += sum(lengths[i][0] + lengths[i][1] + 1 for b in group for i in b)  # all processes
                 elapsed = time.perf_counter() - session_start
                 if bar is not None:
                     bar.update(1)
@@ -490,7 +607,7 @@ def train(
                     if bar is not None:
                         bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", tok_s=f"{tps:,.0f}")
                     window_tokens, window_start = 0, now
-                if step % config.eval_every == 0 or step == config.max_steps:
+                if rank == 0 and (step % config.eval_every == 0 or step == config.max_steps):
                     rng = _rng_state()  # evaluation must not change the training's random stream
                     record = {"step": step, "event": "eval", "val_loss": evaluate_loss(model, data.valid, config.max_tokens, device)}
                     if on_eval is not None:
@@ -499,23 +616,33 @@ def train(
                     write(record)
                 if step % config.save_every == 0:
                     save(last_path)
-                    ckpt_dir = out / "checkpoints"
-                    save_atomic({"model": model.state_dict(), "step": step}, ckpt_dir / f"step_{step:07d}.pt")
-                    for old in sorted(ckpt_dir.glob("step_*.pt"))[: -config.keep_checkpoints]:
-                        old.unlink()
-                if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+                    if rank == 0:
+                        ckpt_dir = out / "checkpoints"
+                        save_atomic({"model": model.state_dict(), "step": step}, ckpt_dir / f"step_{step:07d}.pt")
+                        for old in sorted(ckpt_dir.glob("step_*.pt"))[: -config.keep_checkpoints]:
+                            old.unlink()
+                out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
+                if world_size > 1 and config.max_minutes is not None:  # rank 0's clock decides for everyone
+                    flag = torch.tensor(float(out_of_time), device=device)
+                    dist.broadcast(flag, src=0)
+                    out_of_time = bool(flag.item())
+                if out_of_time:
                     stop_reason = "max_minutes"
                     break
             if stop_reason == "max_minutes":
                 break
-            if batch_index >= len(batches):
+            if batch_index + micro > len(batches):  # the rest of the epoch cannot fill a step: next epoch
                 epoch, batch_index = epoch + 1, 0
         save(last_path)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         if bar is not None:
             bar.close()
-    return {"step": step, "epoch": epoch, "elapsed_s": elapsed, "stop_reason": stop_reason, "losses": losses}
+    return {
+        "step": step, "epoch": epoch, "elapsed_s": elapsed, "stop_reason": stop_reason, "losses": losses,
+        "world_size": world_size,
+    }  # fmt: skip
 
 
 def release_checkpoint(out_dir: str | os.PathLike, path: str | os.PathLike, average_last: int = 1) -> Path:

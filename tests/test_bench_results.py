@@ -1,0 +1,148 @@
+"""The committed benchmark results (results/bench_*_<device>.json, results/ablations*.json).
+
+They must come from the scripts (every file names its device, command and torch version), be
+internally consistent (every ratio and MFU the chapter prints is recomputed here from the raw
+measurements stored beside it), and chapter 10 must read its figures from them rather than type them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+REL = 1e-9  # ratios recomputed from the stored raw numbers: only float rounding may differ
+
+
+def load(name: str) -> dict:
+    path = RESULTS / name
+    assert path.is_file(), f"{path} is missing: run the benchmark script that writes it"
+    return json.loads(path.read_text())
+
+
+def present(stem: str) -> list[str]:
+    """The CPU results (required) and the GPU results when a run on a GPU added them."""
+    return [f"{stem}_cpu.json"] + ([f"{stem}_cuda.json"] if (RESULTS / f"{stem}_cuda.json").is_file() else [])
+
+
+def check_header(results: dict, name: str, script: str) -> None:
+    device_type = "cuda" if name.endswith("_cuda.json") else "cpu"
+    assert results["device_type"] == device_type
+    assert results["device"] and (results["device"].startswith("CPU") == (device_type == "cpu"))
+    assert results["command"].startswith(f"python benchmarks/{script}")
+    assert results["quick"] is False, "committed results are full runs, not --quick"
+    assert {"torch", "threads", "date"} <= results.keys()
+
+
+@pytest.mark.parametrize("name", present("bench_attention"))
+def test_attention_results(name):
+    results = load(name)
+    check_header(results, name, "attention.py")
+    rows = results["rows"]
+    assert {r["impl"] for r in rows} == {"ours", "math", "flash", "efficient"}
+    assert {r["dtype"] for r in rows} == {"float32", "bfloat16"}
+    ok = [r for r in rows if r["supported"]]
+    for r in ok:
+        assert r["ms"] > 0 and r["peak_bytes"] > 0
+        assert r["score_matrix_bytes"] == r["batch"] * results["heads"] * r["n"] ** 2 * (4 if r["dtype"] == "float32" else 2)
+        assert r["peak_over_scores"] == pytest.approx(r["peak_bytes"] / r["score_matrix_bytes"], rel=REL)
+    # What the chapter says: ours and math store the n x n scores, the flash kernel does not.
+    longest = max(r["n"] for r in ok)
+    for r in ok:
+        if r["n"] == longest and r["impl"] in ("ours", "math"):
+            assert r["peak_over_scores"] >= 1
+        if r["n"] == longest and r["impl"] == "flash":
+            assert r["peak_over_scores"] < 1
+
+
+@pytest.mark.parametrize("name", present("bench_train"))
+def test_train_results(name):
+    results = load(name)
+    check_header(results, name, "train.py")
+    rows, batch = results["rows"], results["batch"]
+    modes = list(results["ratio_ours_vs_torch"])
+    assert "fp32" in modes and "bf16" in modes
+    for mode in modes:
+        ours, theirs = (next(r for r in rows if r["mode"] == mode and r["model"] == m) for m in ("transformer_lib", "nn.Transformer"))
+        assert results["ratio_ours_vs_torch"][mode] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=REL)
+        for r in (ours, theirs):
+            assert len(r["times_s"]) == results["repeat"]
+            median = statistics.median(r["times_s"])
+            assert r["tokens_per_s"] == pytest.approx(batch["real_tokens_per_pass"] / median, rel=REL)
+            seconds = batch["real_tokens_per_pass"] / r["tokens_per_s"]
+            assert r["mfu"] == pytest.approx(results["flops_per_pass"] / seconds / results["peak_flops"][r["dtype"]], rel=REL)
+            assert 0 < r["mfu"] < 1
+            if r["compiled"]:
+                assert r["compile_wall_s"] is not None
+
+
+@pytest.mark.parametrize("name", present("bench_decode"))
+def test_decode_results(name):
+    results = load(name)
+    check_header(results, name, "decode.py")
+    for batch, speedup in results["cache_speedup"].items():
+        cached, uncached = (next(r for r in results["cache_rows"] if str(r["batch"]) == batch and r["cache"] is c) for c in (True, False))
+        assert cached["output_tokens"] == uncached["output_tokens"] == 50
+        assert speedup == pytest.approx(cached["sentences_per_s"] / uncached["sentences_per_s"], rel=REL)
+    methods = {r["method"]: r for r in results["search_rows"]}
+    assert set(methods) == {"greedy", "beam 4", "beam 5"}
+    assert all(r["sentences"] == 1000 for r in methods.values()), "the whole test_2016_flickr split"
+    for r in methods.values():
+        assert r["bleu_minus_greedy"] == pytest.approx(r["bleu"] - methods["greedy"]["bleu"], rel=REL, abs=1e-12)
+        assert r["bleu_signature"].startswith("nrefs:1|case:mixed")
+
+
+def test_ablation_results():
+    from ablations import ABLATIONS
+
+    results = load("ablations.json")
+    assert results["device"] and results["command"].startswith("python benchmarks/ablations.py")
+    assert results["runs"], "at least one finished run"
+    for r in results["runs"]:
+        assert r["name"] in ABLATIONS and r["changes"] == ABLATIONS[r["name"]][1]
+        assert r["steps"] == results["steps"] or r["diverged"]
+        assert {"val_loss_min", "max_loss_rise", "spike_steps", "grad_norm_max", "clipped_windows"} <= r.keys()
+        if r["bleu"] is not None:
+            assert 0 <= r["bleu"] <= 100 and r["bleu_signature"].startswith("nrefs:1")
+    table = (RESULTS / "ablations.md").read_text()
+    for r in results["runs"]:
+        assert f"| {r['name']} |" in table, "the markdown table is written with the JSON"
+
+
+def test_chapter_reads_its_figures_from_the_results():
+    nb = json.loads((ROOT / "chapters" / "10_making_it_fast.ipynb").read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    prose = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    for stem in ("bench_attention", "bench_train", "bench_decode"):
+        assert f'"{stem}_cuda.json", "{stem}_cpu.json"' in code, f"the chapter must load {stem} (GPU first)"
+    assert '"ablations.json"' in code
+    for key in ("ratio_ours_vs_torch", "cache_speedup", "search_rows", "peak_bytes"):
+        assert key in code
+    # Measured speed-ups and ratios are printed by cells, never typed into the prose.
+    typed = re.findall(r"\d+(?:\.\d+)?\s*(?:x|×)(?:\s|\b)", prose)
+    assert not typed, f"chapter 10's prose quotes measured ratios: {typed}"
+
+
+def test_the_scripts_write_what_the_checks_read(tmp_path, offline):
+    """The --quick versions of two scripts, in process: their files have the fields checked above."""
+    import attention as attention_script
+    import train as train_script
+
+    assert attention_script.main(["--quick", "--out", str(tmp_path / "bench_attention_cpu.json")]) == 0
+    assert train_script.main(["--quick", "--modes", "fp32", "--out", str(tmp_path / "bench_train_cpu.json")]) == 0
+    for name, script in (("bench_attention_cpu.json", "attention.py"), ("bench_train_cpu.json", "train.py")):
+        results = json.loads((tmp_path / name).read_text())
+        assert results["quick"] is True
+        check_header({**results, "quick": False}, name, script)
+    attention = json.loads((tmp_path / "bench_attention_cpu.json").read_text())
+    assert {r["impl"] for r in attention["rows"]} == {"ours", "math", "flash", "efficient"}
+    train = json.loads((tmp_path / "bench_train_cpu.json").read_text())
+    assert {r["model"] for r in train["rows"]} == {"transformer_lib", "nn.Transformer"}
+    assert set(train["ratio_ours_vs_torch"]) == {"fp32"}
