@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -80,8 +81,11 @@ def _train(args: argparse.Namespace) -> int:
         return {"val_bleu_greedy": scores["bleu"], "val_bleu_sentences": len(hyps), "bleu_s": time.perf_counter() - start}
 
     summary = train(config, args.out, resume=args.resume, device=args.device, progress=not args.no_progress, on_eval=on_eval)
+    if summary.get("world_size", 1) > 1 and os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun only rank 0 reports
     print(f"stopped after {summary['step']} steps ({summary['stop_reason']}), {summary['elapsed_s'] / 60:.1f} min; "
-          f"checkpoint: {Path(args.out) / 'checkpoint_last.pt'}")  # fmt: skip
+          f"checkpoint: {Path(args.out) / 'checkpoint_last.pt'}"
+          + (f"; {summary['world_size']} processes" if summary.get("world_size", 1) > 1 else ""))  # fmt: skip
     return 0
 
 
@@ -149,15 +153,17 @@ def _translate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data import load_multi30k
     from .evaluate import corpus_scores, translate
-    from .train import load_translator
+    from .train import _config_from_checkpoint, _load_pairs, _read_checkpoint, load_translator
 
+    # The checkpoint's own corpus and direction: a Multi30k test set, or Tatoeba's held-out split.
+    config = _config_from_checkpoint(_read_checkpoint(args.checkpoint, ("train_config",)), args.checkpoint)
+    args.split = args.split or ("test_2016_flickr" if config.dataset == "multi30k" else "test")
     model, src_tok, tgt_tok = load_translator(args.checkpoint, args.device)
     decoder, description = _decoder(args)
-    pairs = load_multi30k(args.split)
+    pairs = _load_pairs(config, args.split)
     hyps = translate(model, src_tok, tgt_tok, [s for s, _ in pairs], decoder=decoder)
-    scores = corpus_scores(hyps, [t for _, t in pairs])
+    scores = corpus_scores(hyps, [t for _, t in pairs], "zh" if config.tgt_lang == "zh" else "13a")
     print(f"decoding: {description}")
     print(f"{args.split}: BLEU {scores['bleu']:.2f}  chrF {scores['chrf']:.2f}")
     print(f"BLEU signature: {scores['bleu_signature']}")
@@ -170,41 +176,45 @@ def _release(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from .data import MULTI30K_SPLITS, DataError, _sha256, load_multi30k
+    from .data import MULTI30K_SPLITS, DataError, _sha256
     from .decode import make_decoder
     from .evaluate import corpus_scores, device_description, plot_training_log, translate
-    from .train import _read_checkpoint, load_translator, release_checkpoint
+    from .train import _config_from_checkpoint, _load_pairs, _read_checkpoint, load_translator, release_checkpoint
 
     run, out = Path(args.run_dir), Path(args.out)
     full = _read_checkpoint(run / "checkpoint_last.pt", ("train_config", "step", "epoch", "elapsed_s"))
     train_config = full["train_config"]
-    if train_config["dataset"] != "multi30k":
-        raise ValueError("release scores Multi30k test splits; this run trained on " + train_config["dataset"])
-    valid = load_multi30k("val", train_config["src_lang"], train_config["tgt_lang"])[: args.choose_on]
+    config = _config_from_checkpoint(full, run / "checkpoint_last.pt")  # the run's dataset and languages
+    # Every test split of the run's corpus: Multi30k's named test sets, Tatoeba's held-out "test" split.
+    test_splits = [s for s in MULTI30K_SPLITS if s.startswith("test")] if config.dataset == "multi30k" else ["test"]
+    tokenize = "zh" if config.tgt_lang == "zh" else "13a"  # sacreBLEU's tokenizer for the output language
+    valid = _load_pairs(config, "val")[: args.choose_on]
     candidates = {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in sorted({1, args.average}):  # 1 = the last weights; k > 1 = the mean of the last k saved
             path = release_checkpoint(run, Path(tmp) / f"avg{k}.pt", average_last=k)
             model, src_tok, tgt_tok = load_translator(path, args.device)
             hyps = translate(model, src_tok, tgt_tok, [s for s, _ in valid])
-            candidates[k] = (corpus_scores(hyps, [t for _, t in valid])["bleu"], path)
+            candidates[k] = (corpus_scores(hyps, [t for _, t in valid], tokenize)["bleu"], path)
             print(f"weights averaged over {k} checkpoint(s): validation BLEU (greedy, {len(valid)} sentences) "
                   f"{candidates[k][0]:.2f}")  # fmt: skip
         best = max(candidates, key=lambda k: candidates[k][0])
+        saved = sorted((run / "checkpoints").glob("step_*.pt"))[-best:]  # what the k > 1 candidate averaged
+        averaged_steps = [full["step"]] if best == 1 else [int(p.stem.split("_")[1]) for p in saved]
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(candidates[best][1], out)
     model, src_tok, tgt_tok = load_translator(out, args.device)
-    spm_paths = {src_tok.save(out.with_suffix(".spm.model"))}  # the SentencePiece model(s) beside the checkpoint
-    if tgt_tok.model_bytes != src_tok.model_bytes:
+    # The SentencePiece model(s) beside the checkpoint: X.spm.model when joint, else X.src.spm.model and X.tgt.spm.model.
+    if tgt_tok.model_bytes == src_tok.model_bytes:
+        spm_paths = {src_tok.save(out.with_suffix(".spm.model"))}
+    else:
         spm_paths = {src_tok.save(out.with_suffix(".src.spm.model")), tgt_tok.save(out.with_suffix(".tgt.spm.model"))}
     greedy = make_decoder("greedy")
     beam = make_decoder("beam", beam_size=args.beam, length_penalty=args.length_penalty)
     scores, signatures = {}, {}
-    for split in MULTI30K_SPLITS:
-        if not split.startswith("test"):
-            continue
+    for split in test_splits:
         try:
-            pairs = load_multi30k(split, train_config["src_lang"], train_config["tgt_lang"])
+            pairs = _load_pairs(config, split)
         except DataError as e:  # e.g. a local mirror without test_2018_flickr
             print(f"skipping {split}: {e}", file=sys.stderr)
             continue
@@ -212,10 +222,10 @@ def _release(args: argparse.Namespace) -> int:
         scores[split] = {}
         for name, decoder in (("greedy", greedy), ("beam", beam)):
             start = time.perf_counter()
-            result = corpus_scores(translate(model, src_tok, tgt_tok, sources, decoder=decoder), refs)
+            result = corpus_scores(translate(model, src_tok, tgt_tok, sources, decoder=decoder), refs, tokenize)
             signatures = {k: result[k] for k in ("bleu_signature", "chrf_signature")}
             scores[split][name] = {"bleu": round(result["bleu"], 2), "chrf": round(result["chrf"], 2),
-                                   "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+                                   "seconds": round(time.perf_counter() - start, 1), "sentences": len(pairs)}  # fmt: skip
             if name == "beam":
                 scores[split][name].update(beam_size=args.beam, length_penalty=args.length_penalty)
             print(f"{split:18s} {name:6s} BLEU {result['bleu']:6.2f}  chrF {result['chrf']:6.2f}")
@@ -227,7 +237,7 @@ def _release(args: argparse.Namespace) -> int:
     shutil.copyfile(run / "log.jsonl", f"{stem}_log.jsonl")
     plot_training_log(run / "log.jsonl", f"{stem}_curves.png")
     results = {
-        "task": "multi30k de-en" if train_config["src_lang"] == "de" else f"multi30k {train_config['src_lang']}-en",
+        "task": f"{config.dataset} {config.src_lang}-{config.tgt_lang}",
         "device": args.trained_on or device_description(args.device),
         "command": args.command_line,
         "config": train_config,
@@ -235,13 +245,17 @@ def _release(args: argparse.Namespace) -> int:
         "tokens_per_s": round(sum(speeds) / max(len(speeds), 1), 1),
         "checkpoint": {
             "path": str(out), "sha256": _sha256(out), "bytes": out.stat().st_size,
-            "dtype": "float16", "averaged_checkpoints": best,
+            "dtype": "float16", "averaged_checkpoints": best, "averaged_steps": averaged_steps,
             "validation_bleu_by_averaging": {str(k): round(v[0], 2) for k, v in candidates.items()},
+            "validation_sentences": len(valid),
         },
         "scores": scores, **signatures,
         "evaluated_on": device_description(args.device),
     }  # fmt: skip
-    results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    part = results_path.with_name(f".{results_path.name}.part")
+    part.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(part, results_path)  # atomic: never a half-written results file
+    print(f"BLEU signature: {signatures.get('bleu_signature')}\nchrF signature: {signatures.get('chrf_signature')}")
     print(f"wrote {out}, {', '.join(map(str, sorted(spm_paths)))}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
     return 0
 
@@ -275,18 +289,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longer inputs are cut to this many tokens (with a warning)")  # fmt: skip
     _add_decoding_arguments(p)
     p.set_defaults(run=_translate)
-    p = sub.add_parser("evaluate", help="BLEU and chrF on a Multi30k split")
+    p = sub.add_parser("evaluate", help="BLEU and chrF on a test split of the checkpoint's corpus")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--split", default=None,
+                   help="a split of the checkpoint's corpus (default: test_2016_flickr for Multi30k, test for Tatoeba)")  # fmt: skip
     p.add_argument("--device", default="cpu")
     _add_decoding_arguments(p)
     p.set_defaults(run=_evaluate)
-    p = sub.add_parser("release", help="make the small release checkpoint of a run and score it on every test split")
+    p = sub.add_parser("release", help="make the small release checkpoint of a run and score it on every test split "
+                       "of its corpus (Multi30k or Tatoeba)")  # fmt: skip
     p.add_argument("--run", dest="run_dir", required=True, help="the training run directory")
     p.add_argument("--out", required=True, help="the release checkpoint to write (fp16)")
     p.add_argument("--results", required=True, help="the results JSON to write (log and curves are written beside it)")
     p.add_argument("--average", type=_positive_int, default=5, help="also try the mean of the last N saved weights")
-    p.add_argument("--choose-on", type=_positive_int, default=500, help="validation sentences that decide averaging")
+    p.add_argument("--choose-on", type=_positive_int, default=500,
+                   help="the first N validation sentences decide averaging (default 500)")  # fmt: skip
     p.add_argument("--trained-on", default=None, help="device description of the training machine")
     p.add_argument("--command-line", default="", help="the training command, recorded in the results")
     p.add_argument("--device", default="cpu")

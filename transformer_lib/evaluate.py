@@ -26,13 +26,17 @@ if TYPE_CHECKING:
 __all__ = ["corpus_scores", "translate", "device_description", "plot_training_log"]
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> dict:
-    """sacreBLEU corpus BLEU and chrF of detokenized ``hypotheses`` against one reference each."""
+def corpus_scores(hypotheses: list[str], references: list[str], tokenize: str = "13a") -> dict:
+    """sacreBLEU corpus BLEU and chrF of detokenized ``hypotheses`` against one reference each.
+
+    ``tokenize`` is sacreBLEU's BLEU tokenizer: ``"13a"`` (its default) for English and other
+    space-separated output, ``"zh"`` for Chinese output. chrF works on characters and needs none.
+    """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
     import sacrebleu
 
-    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    bleu, chrf = sacrebleu.metrics.BLEU(tokenize=tokenize), sacrebleu.metrics.CHRF()
     b, c = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
     return {
         "bleu": b.score, "chrf": c.score,

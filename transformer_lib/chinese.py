@@ -1,0 +1,289 @@
+"""Chapter 11 — the Chinese track: the source articles' own examples, translated.
+
+The source articles explain the Transformer with Chinese sentences ("我爱你" → "I love you",
+"我欠他100W" versus "他欠我100W"). This module holds what chapter 11 needs to translate them with a
+model trained on Tatoeba's Mandarin–English pairs:
+
+* ``SEED_SENTENCES``: the articles' sentences (and a few variants), with reference translations;
+* ``translate_seed_sentences``: their greedy and beam-search translations by a trained model;
+* ``cross_attention``: the cross-attention weights of every decoder layer and head while the model
+  writes its translation of one sentence, and ``plot_cross_attention`` to draw them;
+* ``find_cjk_font`` / ``use_cjk_font``: a matplotlib font with Chinese glyphs, when one is installed
+  (Debian/Ubuntu: ``apt-get install fonts-noto-cjk``), so that Chinese labels are readable.
+
+``add_seed_translations(checkpoint, results)`` adds the seed-sentence table of a released checkpoint
+to the results JSON that ``python -m transformer_lib release`` wrote for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from .decode import make_decoder
+from .evaluate import translate
+from .masks import causal_mask, padding_mask
+from .model import Transformer
+from .multihead import MultiHeadAttention
+from .tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+__all__ = [
+    "SeedSentence",
+    "SEED_SENTENCES",
+    "CJK_FONT_FAMILIES",
+    "find_cjk_font",
+    "use_cjk_font",
+    "translate_seed_sentences",
+    "AttentionMap",
+    "cross_attention",
+    "plot_cross_attention",
+    "add_seed_translations",
+]
+
+
+@dataclass(frozen=True)
+class SeedSentence:
+    """A Chinese sentence of the source articles, a reference English translation, and where it comes from."""
+
+    chinese: str
+    english: str
+    origin: str
+
+
+# Written as the articles write them: no final "。" (Tatoeba's sentences all end with punctuation).
+# The article numbers are those of the book's Further reading page. The English references are ours.
+SEED_SENTENCES: tuple[SeedSentence, ...] = (
+    SeedSentence("我爱你", "I love you.", "article 4: the running example, encoder input 我爱你 for I LOVE YOU"),
+    SeedSentence("我欠他100W", "I owe him a million.", "article 4: word order matters (W = 万, ten thousand)"),
+    SeedSentence("他欠我100W", "He owes me a million.", "article 4: the same characters in another order"),
+    SeedSentence("我欠他一百万", "I owe him a million.", "variant: 100W written out in standard Chinese"),
+    SeedSentence("他欠我一百万", "He owes me a million.", "variant: 100W written out in standard Chinese"),
+    SeedSentence("他爱我", "He loves me.", "variant: 我爱你 with the order swapped, as article 4 does with 100W"),
+    SeedSentence("注意力就是你所需要的一切", "Attention is all you need.", "the paper's title, cited by articles 2 and 5"),
+)
+
+# Families with Chinese glyphs, most wanted first: Noto/Source Han (Linux), then Windows and macOS fonts.
+CJK_FONT_FAMILIES: tuple[str, ...] = (
+    "Noto Sans CJK SC", "Source Han Sans SC", "Noto Sans SC", "Noto Serif CJK SC", "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "SimHei", "PingFang SC",
+    "Heiti SC", "Hiragino Sans GB", "Arial Unicode MS",
+)  # fmt: skip
+# File names of such fonts, for fonts installed after matplotlib built its font cache.
+_CJK_FILE = re.compile(r"cjk|sourcehan|notosanssc|wqy|wenquanyi|droidsansfallback|uming|ukai|msyh|simhei|pingfang", re.I)
+# matplotlib's warning for a character that no font in the family list can draw.
+_GLYPH_WARNING = r"Glyph \d+ .* missing from (current )?font"
+
+
+def find_cjk_font(candidates: tuple[str, ...] = CJK_FONT_FAMILIES, scan: bool = True) -> str | None:
+    """The first family of ``candidates`` that matplotlib can use, or ``None`` if none is installed.
+
+    With ``scan``, font files on the system whose names look like CJK fonts are registered with
+    matplotlib first (its font list is cached, so fonts installed later are otherwise unseen).
+    """
+    from matplotlib import font_manager
+
+    def known() -> set[str]:
+        return {f.name for f in font_manager.fontManager.ttflist}
+
+    found = next((family for family in candidates if family in known()), None)
+    if found is None and scan:
+        for path in font_manager.findSystemFonts():
+            if _CJK_FILE.search(Path(path).name):
+                try:
+                    font_manager.fontManager.addfont(path)
+                except (OSError, RuntimeError, ValueError):  # an unreadable font file: skip it
+                    continue
+        found = next((family for family in candidates if family in known()), None)
+    return found
+
+
+def use_cjk_font(candidates: tuple[str, ...] = CJK_FONT_FAMILIES) -> str | None:
+    """Let matplotlib draw Chinese characters; returns the CJK family used, or ``None``.
+
+    The CJK family is appended to ``rcParams["font.family"]``: Latin text keeps the current font
+    and matplotlib falls back to the CJK font for the characters the first one lacks. Without a
+    CJK font, Chinese characters are drawn as empty boxes; the "Glyph ... missing" warnings that
+    matplotlib would print for each of them are silenced, and ``None`` tells the caller to say so.
+    """
+    import matplotlib.pyplot as plt
+
+    family = find_cjk_font(candidates)
+    if family is None:
+        warnings.filterwarnings("ignore", message=_GLYPH_WARNING, category=UserWarning)
+        return None
+    current = plt.rcParams["font.family"]
+    current = [current] if isinstance(current, str) else list(current)
+    if family not in current:
+        plt.rcParams["font.family"] = current + [family]
+    return family
+
+
+def translate_seed_sentences(
+    model: Transformer,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    seeds: tuple[SeedSentence, ...] = SEED_SENTENCES,
+    beam_size: int = 4,
+    length_penalty: float = 0.6,
+) -> list[dict]:
+    """Greedy and beam-search translations of ``seeds``, one dict per sentence.
+
+    Keys: ``chinese``, ``reference``, ``origin``, ``pieces`` (the source's SentencePiece pieces),
+    ``unknown`` (how many of them are ``<unk>``), ``greedy`` and ``beam``.
+    """
+    if not seeds:
+        raise ValueError("no seed sentences to translate")
+    sources = [s.chinese for s in seeds]
+    outputs = {
+        "greedy": translate(model, src_tok, tgt_tok, sources, decoder=make_decoder("greedy")),
+        "beam": translate(model, src_tok, tgt_tok, sources,
+                          decoder=make_decoder("beam", beam_size=beam_size, length_penalty=length_penalty)),
+    }  # fmt: skip
+    return [
+        {
+            "chinese": s.chinese, "reference": s.english, "origin": s.origin, "pieces": src_tok.pieces(s.chinese),
+            "unknown": src_tok.encode(s.chinese).count(src_tok.unk_id),
+            "greedy": outputs["greedy"][i], "beam": outputs["beam"][i],
+        }  # fmt: skip
+        for i, s in enumerate(seeds)
+    ]
+
+
+@dataclass
+class AttentionMap:
+    """The cross-attention of one translation: which source pieces each output piece read.
+
+    ``weights`` is ``(layers, heads, output_len, source_len)``; row ``t`` belongs to the decoder
+    position that produced ``output_pieces[t]`` (the last one is ``</s>``, the end of sentence,
+    unless the output was cut at the length limit). Each row sums to 1 over the source pieces.
+    """
+
+    sentence: str
+    translation: str
+    source_pieces: list[str]
+    output_pieces: list[str]
+    weights: Tensor
+
+
+@contextlib.contextmanager
+def _keep_attention_weights(model: Transformer) -> Iterator[None]:
+    """Every attention layer uses chapter 2's function (which keeps ``attn_weights``); restored after."""
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    fused = [m.fused for m in layers]
+    try:
+        for m in layers:
+            m.fused = False
+        yield
+    finally:
+        for m, f in zip(layers, fused):
+            m.fused = f
+
+
+@torch.no_grad()
+def cross_attention(
+    model: Transformer,
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    sentence: str,
+    decoder: Callable | None = None,
+    max_extra_len: int = 50,
+) -> AttentionMap:
+    """Translate ``sentence`` and record the cross-attention of every decoder layer and head.
+
+    The translation comes from ``decoder`` (a ``make_decoder`` callable; greedy search by default).
+    One teacher-forced pass over the source and that output, with the attention weights kept,
+    then gives the maps: exactly what the decoder attended to while it produced each piece.
+    """
+    if not sentence.strip():
+        raise ValueError("cannot show the attention of an empty sentence")
+    model.eval()
+    device = next(model.parameters()).device
+    ids = src_tok.encode(sentence)[: model.config.max_len]
+    src = torch.tensor([ids], device=device)  # (1, src_len): one sentence, no padding
+    src_mask = padding_mask(src, src_tok.pad_id)  # (1, 1, 1, src_len)
+    decoder = decoder or make_decoder("greedy", bos_id=tgt_tok.bos_id, eos_id=tgt_tok.eos_id, pad_id=tgt_tok.pad_id)
+    ys = decoder(model, src, src_mask, len(ids) + max_extra_len)[:1]  # (1, len): <bos> y1 ... <eos> [pad ...]
+    out = ys[0, 1:].tolist()
+    if tgt_tok.eos_id in out:
+        out = out[: out.index(tgt_tok.eos_id) + 1]  # up to and including <eos>
+    ys = ys[:, : len(out) + 1]  # (1, 1 + output_len)
+    with _keep_attention_weights(model):
+        model(src, ys[:, :-1], src_mask, causal_mask(ys.size(1) - 1, device=device))  # teacher-forced
+        weights = torch.stack([layer.cross_attn.attn_weights[0] for layer in model.decoder.layers])
+    return AttentionMap(
+        sentence=sentence,
+        translation=tgt_tok.decode(out),
+        source_pieces=[src_tok.sp.id_to_piece(i) for i in ids],
+        output_pieces=[tgt_tok.sp.id_to_piece(i) for i in out],
+        weights=weights.cpu(),  # (layers, heads, output_len, source_len)
+    )
+
+
+def plot_cross_attention(
+    amap: AttentionMap, ax: "Axes | None" = None, layer: int = -1, head: int | None = None, title: str | None = None
+) -> "Axes":
+    """Draw one layer's cross-attention of ``amap`` (the mean of its heads, or one ``head``) on ``ax``.
+
+    Columns are the source pieces, rows the output pieces; call ``use_cjk_font()`` first for
+    readable Chinese labels. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+
+    layers, heads = amap.weights.shape[:2]
+    if not -layers <= layer < layers:
+        raise ValueError(f"layer must be in [{-layers}, {layers}), got {layer}")
+    if head is not None and not 0 <= head < heads:
+        raise ValueError(f"head must be None (the mean) or in [0, {heads}), got {head}")
+    weights = amap.weights[layer]  # (heads, output_len, source_len)
+    weights = weights.mean(0) if head is None else weights[head]  # (output_len, source_len)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 + 0.55 * len(amap.source_pieces), 1.0 + 0.4 * len(amap.output_pieces)))
+    ax.imshow(weights.numpy(), vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(amap.source_pieces)), amap.source_pieces)
+    ax.set_yticks(range(len(amap.output_pieces)), amap.output_pieces)
+    ax.grid(False)
+    which = "mean of heads" if head is None else f"head {head}"
+    ax.set(title=title or f"layer {layer % layers}, {which}", xlabel="source pieces", ylabel="output pieces")
+    return ax
+
+
+def add_seed_translations(
+    checkpoint: str | os.PathLike, results: str | os.PathLike, beam_size: int = 4, length_penalty: float = 0.6
+) -> list[dict]:
+    """Translate ``SEED_SENTENCES`` with ``checkpoint`` and store the table in the results JSON ``results``.
+
+    ``results`` is the file written by ``python -m transformer_lib release`` for that checkpoint
+    (checked by its SHA-256); the table goes under ``"seed_sentences"`` and the file is rewritten
+    atomically. Returns the rows (see ``translate_seed_sentences``).
+    """
+    from .data import _sha256
+    from .train import load_translator
+
+    results_path = Path(results)
+    data = json.loads(results_path.read_text(encoding="utf-8"))
+    if data.get("checkpoint", {}).get("sha256") != _sha256(Path(checkpoint)):
+        raise ValueError(f"{results_path} does not describe {checkpoint}: the SHA-256 of the checkpoint differs")
+    model, src_tok, tgt_tok = load_translator(checkpoint)
+    rows = translate_seed_sentences(model, src_tok, tgt_tok, beam_size=beam_size, length_penalty=length_penalty)
+    data["seed_sentences"] = {"beam_size": beam_size, "length_penalty": length_penalty, "rows": rows}
+    fd, tmp = tempfile.mkstemp(dir=results_path.parent, prefix=f".{results_path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        os.replace(tmp, results_path)  # atomic: the results file is never half-written
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return rows
