@@ -10,7 +10,7 @@ JB_FLAGS := -W -n --keep-going
 # --dist loadscope keeps all cells of one notebook on one worker (nbval needs that).
 PYTEST_FLAGS := -p no:cacheprovider --nbval-lax -n 2 --dist loadscope
 
-.PHONY: book test install clean
+.PHONY: book test install clean system-deps vendor
 
 # The environment: a local venv, torch pinned for this install (the package itself only asks torch>=2.2).
 $(STAMP): pyproject.toml
@@ -27,9 +27,27 @@ book: $(STAMP)
 	@echo "The book is in _build/html/index.html. To read it, serve it and open http://localhost:8000 :"
 	@echo "    python -m http.server -d _build/html"
 
+# The browser test (tests/test_book.py) drives Debian's Chromium; CJK fonts render the Chinese examples.
+# Installed with apt-get when missing and apt can be used (as root or with sudo); otherwise says how.
+SYSTEM_PACKAGES := chromium fonts-noto-cjk
+system-deps:
+	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -q && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(SYSTEM_PACKAGES); \
+	else \
+		echo "The browser test needs $(SYSTEM_PACKAGES): install them (Debian: sudo apt-get install $(SYSTEM_PACKAGES))"; \
+		echo "or point \$$CHROMIUM at a Chromium binary; without Chromium the browser test fails."; \
+	fi
+
+# Refresh the vendored JavaScript of the book (RequireJS, ipywidgets html-manager, MathJax): needs npm.
+vendor:
+	book/vendor.sh
+
 # Two pytest workers on two cores: one math thread each (and in each notebook kernel), not two.
-test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters
+test: $(STAMP) system-deps
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters exercises/[0-9]*.ipynb
 
 clean:
 	rm -rf _build

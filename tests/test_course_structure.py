@@ -28,6 +28,7 @@ CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
 MODULE_CHAPTER = {
     "utils": 1,
     "rnn": 1,
+    "viz": 1,
     "attention": 2,
     "embeddings": 3,
     "masks": 4,
@@ -41,6 +42,8 @@ MODULE_CHAPTER = {
     "evaluate": 9,
     "decode": 9,
     "cli": 9,
+    "bench": 10,
+    "chinese": 11,
 }
 
 
@@ -120,6 +123,21 @@ def test_chapter_opens_with_title_and_ends_with_what_the_library_gained(path: Pa
     assert titles[0].startswith(f"{chapter_number(path)}. "), f"{path.name}: title should start with its number"
     assert re.search(r"^## Summary", text, flags=re.M), f"{path.name}: no '## Summary' section"
     assert re.search(r"^## What `?transformer_lib`? gained", text, flags=re.M), f"{path.name}: no gained section"
+
+
+PLOTTING = re.compile(r"\bplt\.(subplots|figure|plot|imshow|bar|hist|scatter)\(|\bax\w*\.(plot|imshow|bar|hist|scatter)\(|"
+                      r"\b\w+_explorer\(|\bplot_\w+\(")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_opens_with_its_architecture_map_and_draws_its_own_figures(path: Path) -> None:
+    n = chapter_number(path)
+    cells = code_cells(load_notebook(path))
+    assert len(cells) > 1 and re.search(rf"\barchitecture_figure\(\s*chapter\s*=\s*{n}\s*\)", cells[1]), \
+        f"{path.name}: the cell after the Colab install cell must draw architecture_figure(chapter={n})"
+    assert any("use_course_style()" in c for c in cells), f"{path.name} never calls use_course_style()"
+    others = [c for c in cells if "architecture_figure" not in c]
+    assert any(PLOTTING.search(c) for c in others), f"{path.name} draws no figure of its own besides the map"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)

@@ -10,6 +10,9 @@ from .utils import (  # noqa: F401
     BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it, use_course_style,
 )
 from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
+from .viz import (
+    CHAPTERS_ON_THE_MAP, Explorer, architecture_figure, attention_explorer, mask_explorer, positional_encoding_explorer,
+)
 
 # Chapter 2 — attention as queries, keys and values
 from .attention import Attention, scaled_dot_product_attention
@@ -42,3 +45,15 @@ from .train import (
 # Chapter 9 — decoding and evaluation
 from .evaluate import corpus_scores, device_description, plot_training_log, translate
 from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences
+
+# Chapter 10 — making it fast
+from .bench import (
+    KNOWN_PEAK_TFLOPS, TensorMemoryTracker, Timing, benchmark, format_table, gpu_peak_flops, matmul_peak_flops, mfu,
+    peak_memory, results_header, transformer_flops, write_json_atomic,
+)
+
+# Chapter 11 — the Chinese track
+from .chinese import (
+    CJK_FONT_FAMILIES, SEED_SENTENCES, AttentionMap, SeedSentence, add_seed_translations, cross_attention, find_cjk_font,
+    plot_cross_attention, translate_seed_sentences, use_cjk_font,
+)
