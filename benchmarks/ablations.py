@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import shlex
 import sys
 import time
@@ -40,6 +39,7 @@ from transformer_lib.data import load_multi30k
 from transformer_lib.decode import make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.train import TrainConfig, TrainingDiverged, load_translator, noam_lr, train
+from transformer_lib.utils import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,13 +165,6 @@ def markdown_table(results: dict) -> str:
     return head + "\n" + "\n".join(rows) + "\n"
 
 
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the ablations given on the command line and write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"].append(record)
         results["runs"].sort(key=lambda r: list(ABLATIONS).index(r["name"]))
         write_json_atomic(results, out)
-        write_text_atomic(markdown_table(results), out.with_suffix(".md"))
+        write_atomic(out.with_suffix(".md"), markdown_table(results))
         print(f"  BLEU {record['bleu']}, min val loss {record['val_loss_min']}, diverged {record['diverged']}, "
               f"max loss rise {record['max_loss_rise']}, {record['train_seconds']:.0f} s", flush=True)  # fmt: skip
     columns = ["name", "bleu", "val_loss_min", "val_loss_final", "diverged", "max_loss_rise", "spike_steps", "grad_norm_max"]

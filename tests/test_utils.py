@@ -134,3 +134,19 @@ def test_use_course_style_sets_rcparams() -> None:
         use_course_style()
         assert matplotlib.rcParams["axes.grid"] is True
         assert matplotlib.rcParams["axes.spines.top"] is False
+
+
+def test_write_atomic_writes_text_and_bytes_readable_by_all(tmp_path):
+    text_path = utils.write_atomic(tmp_path / "sub" / "a.txt", "ünïcode\r\nline\n")
+    assert text_path.read_bytes() == "ünïcode\r\nline\n".encode("utf-8")  # newlines kept as given
+    assert utils.write_atomic(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+    assert text_path.stat().st_mode & 0o777 == 0o644
+    assert not [p for p in tmp_path.rglob(".*.part")]
+
+
+def test_write_atomic_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()  # os.replace cannot put a file over a directory
+    with pytest.raises(OSError):
+        utils.write_atomic(target, "new")
+    assert target.is_dir() and not list(tmp_path.glob(".*.part"))

@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 # Chapter 1 — why attention: the course toolkit and the RNN baseline
 from .utils import (  # noqa: F401
     BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it, use_course_style,
+    write_atomic,
 )
 from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
 from .viz import (

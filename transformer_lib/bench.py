@@ -26,7 +26,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from torch.utils._pytree import tree_flatten
 
 from .evaluate import device_description
 from .model import TransformerConfig
+from .utils import write_atomic
 
 __all__ = [
     "Timing",
@@ -334,16 +334,4 @@ def write_json_atomic(obj: dict, path: str | os.PathLike) -> Path:
         text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise ValueError(f"results are not plain JSON (numbers must be finite): {e}") from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for everyone to read
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_atomic(path, text)

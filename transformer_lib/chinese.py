@@ -21,7 +21,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from .masks import causal_mask, padding_mask
 from .model import Transformer
 from .multihead import MultiHeadAttention
 from .tokenizer import Tokenizer
+from .utils import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -279,11 +279,5 @@ def add_seed_translations(
     model, src_tok, tgt_tok = load_translator(checkpoint)
     rows = translate_seed_sentences(model, src_tok, tgt_tok, beam_size=beam_size, length_penalty=length_penalty)
     data["seed_sentences"] = {"beam_size": beam_size, "length_penalty": length_penalty, "rows": rows}
-    fd, tmp = tempfile.mkstemp(dir=results_path.parent, prefix=f".{results_path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-        os.replace(tmp, results_path)  # atomic: the results file is never half-written
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(results_path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")  # never half-written
     return rows

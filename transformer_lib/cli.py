@@ -180,6 +180,7 @@ def _release(args: argparse.Namespace) -> int:
     from .decode import make_decoder
     from .evaluate import corpus_scores, device_description, plot_training_log, translate
     from .train import _config_from_checkpoint, _load_pairs, _read_checkpoint, load_translator, release_checkpoint
+    from .utils import write_atomic
 
     run, out = Path(args.run_dir), Path(args.out)
     full = _read_checkpoint(run / "checkpoint_last.pt", ("train_config", "step", "epoch", "elapsed_s"))
@@ -252,9 +253,7 @@ def _release(args: argparse.Namespace) -> int:
         "scores": scores, **signatures,
         "evaluated_on": device_description(args.device),
     }  # fmt: skip
-    part = results_path.with_name(f".{results_path.name}.part")
-    part.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(part, results_path)  # atomic: never a half-written results file
+    write_atomic(results_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")  # never half-written
     print(f"BLEU signature: {signatures.get('bleu_signature')}\nchrF signature: {signatures.get('chrf_signature')}")
     print(f"wrote {out}, {', '.join(map(str, sorted(spm_paths)))}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
     return 0

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from .utils import write_atomic
 
 __all__ = ["Tokenizer", "train_tokenizer"]
 
@@ -74,18 +75,7 @@ class Tokenizer:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model file atomically (temporary file + rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(self.model_bytes)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)  # after a failed write: no stray temporary file
-        return path
+        return write_atomic(path, self.model_bytes)
 
 
 def train_tokenizer(

@@ -35,6 +35,7 @@ from .data import collate, load_multi30k, load_tatoeba, token_batches
 from .masks import padding_mask, target_mask
 from .model import Transformer, TransformerConfig
 from .tokenizer import Tokenizer, train_tokenizer
+from .utils import write_atomic
 
 __all__ = [
     "TrainConfig",
@@ -335,13 +336,7 @@ def _truncate_log(path: Path, step: int) -> None:
             continue  # a line cut short when the run was killed
         if record_step <= step:
             kept.append(line if line.endswith("\n") else line + "\n")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.writelines(kept)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(path, "".join(kept))
 
 
 @torch.no_grad()

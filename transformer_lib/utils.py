@@ -8,9 +8,12 @@ figures.
 from __future__ import annotations
 
 import inspect
+import os
 import random
+import tempfile
 import statistics
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -25,6 +28,7 @@ __all__ = [
     "EOS_ID",
     "FIRST_SYMBOL_ID",
     "set_seed",
+    "write_atomic",
     "time_it",
     "show_source",
     "make_sequence_task",
@@ -33,6 +37,30 @@ __all__ = [
 
 # Token ids of the toy tasks: 0 pads, 1 starts a target, 2 ends it, symbols start at 3.
 PAD_ID, BOS_ID, EOS_ID, FIRST_SYMBOL_ID = 0, 1, 2, 3
+
+
+
+def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` (text is UTF-8 encoded, newlines kept as they are) to ``path`` atomically.
+
+    The bytes go to a temporary file beside ``path``, reach the disk (fsync) and are renamed into
+    place, so readers see the old file or the whole new one, never half of it; a failed write leaves
+    no temporary file. The file is readable by everyone (0o644). Returns ``path``.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 def set_seed(seed: int) -> None:

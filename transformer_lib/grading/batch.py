@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..utils import write_atomic
 from .core import exercises_of_chapter, load_hidden
 
 __all__ = ["GradeRow", "scan_notebook", "chapter_of", "grade_submission", "grade", "write_csv", "main"]
@@ -431,15 +432,7 @@ def write_csv(rows: list[GradeRow], out: str | os.PathLike) -> None:
         scores = [row.scores.get(i, "") for i in ids]
         chapter = "" if row.chapter is None else row.chapter
         writer.writerow([row.learner, row.notebook, chapter, *scores, row.total, row.max_total, row.status, row.reason])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out, buffer.getvalue())
 
 
 def grade(submissions: list[str | os.PathLike], out: str | os.PathLike, hidden: str | os.PathLike = "exercises/hidden",

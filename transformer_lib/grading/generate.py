@@ -18,8 +18,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from ..utils import write_atomic
 
 __all__ = ["GenerateError", "BEGIN", "END", "learner_notebook", "render", "generate", "main"]
 
@@ -121,17 +122,6 @@ def _expected(master_path: Path) -> str:
     return render(nb)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def generate(masters: str | os.PathLike = "exercises/master", out: str | os.PathLike = "exercises",
              check: bool = False) -> list[Path]:  # fmt: skip
     """Write (or, with ``check``, compare) the learner notebook of every master; returns the stale/written paths.
@@ -155,7 +145,7 @@ def generate(masters: str | os.PathLike = "exercises/master", out: str | os.Path
         changed.append(target)
         if not check:
             out.mkdir(parents=True, exist_ok=True)
-            _write_atomic(target, text)
+            write_atomic(target, text)
     if check:
         names = {p.name for p in master_paths}
         changed += [p for p in sorted(out.glob(MASTER_PATTERN)) if p.name not in names]  # orphans
