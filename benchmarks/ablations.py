@@ -34,25 +34,16 @@ from pathlib import Path
 
 import torch
 
+from transformer_lib.ablations import ABLATIONS, SMOOTH, SPIKE_NATS, stability
 from transformer_lib.bench import format_table, results_header, write_json_atomic
+from transformer_lib.checkpoint import load_translator, read_checkpoint
 from transformer_lib.data import load_multi30k
 from transformer_lib.decode import make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
-from transformer_lib.train import TrainConfig, TrainingDiverged, load_translator, noam_lr, train
+from transformer_lib.train import TrainConfig, TrainingDiverged, noam_lr, train
 from transformer_lib.utils import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# One changed setting per run, relative to the base configuration.
-ABLATIONS: dict[str, tuple[str, dict]] = {
-    "base": ("pre-LN, warmup, sinusoidal, smoothing 0.1, N=3", {}),
-    "post_ln": ("post-LN (the paper), warmup", {"norm_first": False}),
-    "post_ln_no_warmup": ("post-LN, no warmup (same peak lr)", {"norm_first": False, "warmup_ramp": False}),
-    "pre_ln_no_warmup": ("pre-LN, no warmup (same peak lr)", {"warmup_ramp": False}),
-    "learned_positions": ("learned positions", {"positional": "learned"}),
-    "no_label_smoothing": ("label smoothing 0", {"label_smoothing": 0.0}),
-    "layers_6": ("N=6 layers", {"N": 6}),
-}
 
 # Small models for a CPU core; "gpu" is a bigger model for a lent GPU.
 BASES = {
@@ -67,34 +58,6 @@ BASES = {
         keep_checkpoints=1, norm_first=True,
     ),  # fmt: skip
 }
-
-SMOOTH = 20  # steps in the moving average of the training loss that "stability" looks at
-SPIKE_NATS = 0.5  # a rise of the smoothed loss this far above its best so far counts as a spike
-
-
-def stability(losses: list[float], log: list[dict], clip_norm: float) -> dict:
-    """Measurable (in)stability of one run.
-
-    * ``max_loss_rise``: the largest rise, in nats, of the ``SMOOTH``-step moving average of the
-      training loss above its lowest value so far (0 for a loss that only falls);
-    * ``spike_steps``: how many steps that rise exceeded ``SPIKE_NATS``;
-    * ``grad_norm_max``: the largest gradient norm (before clipping) of any step; and
-      ``clipped_windows``: the share of logged windows whose mean gradient norm exceeded ``clip_norm``.
-    """
-    smoothed = [sum(losses[max(0, i - SMOOTH + 1) : i + 1]) / len(losses[max(0, i - SMOOTH + 1) : i + 1]) for i in range(len(losses))]
-    best, rise, spikes = math.inf, 0.0, 0
-    for value in smoothed:
-        best = min(best, value)
-        rise = max(rise, value - best)
-        spikes += value - best > SPIKE_NATS
-    windows = [r for r in log if "grad_norm" in r]
-    return {
-        "max_loss_rise": round(rise, 4),
-        "spike_steps": spikes,
-        "grad_norm_max": round(max((r["grad_norm_max"] for r in windows), default=float("nan")), 3),
-        "clipped_windows": round(sum(r["grad_norm"] > clip_norm for r in windows) / max(len(windows), 1), 3),
-    }
-
 
 def read_log(out: Path) -> list[dict]:
     import json
@@ -141,7 +104,7 @@ def run_one(name: str, config: TrainConfig, runs_dir: Path, device: str, test_pa
         scores = corpus_scores(hyps, [en for _, en in test_pairs])
         record.update(bleu=round(scores["bleu"], 2), chrf=round(scores["chrf"], 2),
                       bleu_signature=scores["bleu_signature"], bleu_seconds=round(time.perf_counter() - t0, 1),
-                      scored_step=int(torch.load(checkpoint, map_location="cpu", weights_only=False)["step"]))  # fmt: skip
+                      scored_step=int(read_checkpoint(checkpoint, ("step",))["step"]))  # fmt: skip
     else:
         record.update(bleu=None, chrf=None, bleu_signature=None, scored_step=None)
     return record

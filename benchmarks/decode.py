@@ -31,7 +31,7 @@ from transformer_lib.data import load_multi30k
 from transformer_lib.decode import greedy_search, make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.masks import padding_mask
-from transformer_lib.train import load_translator
+from transformer_lib.checkpoint import load_translator
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_TOKENS = 50

@@ -10,7 +10,7 @@ import torch
 # Make `import oracle` / `from conftest import MIRROR` work from the test files.
 sys.path.insert(0, os.path.dirname(__file__))
 
-from transformer_lib import data  # noqa: E402
+from transformer_lib import data, utils  # noqa: E402
 
 # The offline copies of the corpora, beside the repository (see ../shared/data/README.md).
 MIRROR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -39,7 +39,7 @@ def offline(tmp_path_factory):
     if not MIRROR.is_dir():
         pytest.fail(f"the offline corpus mirror {MIRROR} is missing (it sits beside the repository as shared/data)")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(data.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        mp.setenv(utils.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
         mp.setenv(data.MIRROR_ENV, str(MIRROR))
         mp.setattr(data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tests must not use the network"))
         yield

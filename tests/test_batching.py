@@ -74,7 +74,7 @@ def test_too_long_example_is_named(lengths):
 
 @pytest.mark.parametrize("max_tokens", [0, -5])
 def test_bad_max_tokens(lengths, max_tokens):
-    with pytest.raises(ValueError, match="max_tokens must be positive"):
+    with pytest.raises(ValueError, match="max_tokens must be a positive integer"):
         token_batches(lengths, max_tokens)
 
 

@@ -19,17 +19,18 @@ import torch
 from conftest import MIRROR
 
 from transformer_lib.chinese import (
-    SEED_SENTENCES, add_seed_translations, cross_attention, find_cjk_font, plot_cross_attention,
+    SEED_SENTENCES, add_seed_translations, cross_attention, find_cjk_font, load_tatoeba, plot_cross_attention,
     translate_seed_sentences, use_cjk_font,
 )  # fmt: skip
 from transformer_lib.cli import main
-from transformer_lib.data import load_tatoeba
 from transformer_lib.decode import make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.model import Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
 from transformer_lib.tokenizer import Tokenizer, train_tokenizer
-from transformer_lib.train import CHECKPOINT_FORMAT, TrainConfig, _load_pairs, load_translator, save_atomic, train
+from transformer_lib.checkpoint import CHECKPOINT_FORMAT, load_translator, save_checkpoint
+from transformer_lib.data import load_pairs
+from transformer_lib.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "tatoeba_zh_en.json"
@@ -73,9 +74,9 @@ def test_attribution_is_kept_on_every_pair(splits):
 
 def test_training_pipeline_reads_chinese_to_english(splits):
     config = TrainConfig(dataset="tatoeba", src_lang="zh", tgt_lang="en", joint_vocab=False, share_embeddings=False)
-    pairs = _load_pairs(config, "test")
+    pairs = load_pairs(config.dataset, "test", config.src_lang, config.tgt_lang)
     assert pairs == [(zh, en) for zh, en, _ in splits["test"]]
-    reverse = _load_pairs(dataclasses.replace(config, src_lang="en", tgt_lang="zh"), "test")
+    reverse = load_pairs("tatoeba", "test", "en", "zh")
     assert reverse == [(en, zh) for zh, en in pairs]
 
 
@@ -353,7 +354,7 @@ def test_a_found_cjk_font_draws_chinese():
 
 def test_add_seed_translations_checks_the_checkpoint_and_writes_the_table(tiny_translator, tmp_path):
     model, src_tok, tgt_tok = tiny_translator
-    ckpt = save_atomic({
+    ckpt = save_checkpoint({
         "format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
         "tokenizers": {"src": src_tok.model_bytes, "tgt": tgt_tok.model_bytes},
     }, tmp_path / "m.pt")  # fmt: skip

@@ -154,7 +154,7 @@ def test_evaluate_missing_checkpoint(tmp_path, capsys, monkeypatch):
         (["--set", "max_steps=0"], ["max_steps must be a positive integer, got 0"]),
         # a string value is a string, even one that starts like a JSON literal ("t", "n", ...)
         (["--set", "dataset=tatoeba", "src_lang=de"], ["tatoeba dataset translates between 'zh' and 'en'"]),
-        (["--set", "dataset=nowhere"], ["dataset must be 'multi30k' or 'tatoeba', got 'nowhere'"]),
+        (["--set", "dataset=nowhere"], ["dataset must be one of 'multi30k', 'tatoeba'; got 'nowhere'"]),
         (["--resume"], ["cannot resume:", "checkpoint_last.pt does not exist"]),
     ],
 )

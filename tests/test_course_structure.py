@@ -27,6 +27,7 @@ CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
 # Chapter number -> the library modules it introduces. `utils` is the toolkit of chapter 1.
 MODULE_CHAPTER = {
     "utils": 1,
+    "checks": 1,
     "rnn": 1,
     "viz": 1,
     "attention": 2,
@@ -38,13 +39,21 @@ MODULE_CHAPTER = {
     "model": 7,
     "data": 8,
     "tokenizer": 8,
+    "checkpoint": 8,
     "train": 8,
     "evaluate": 9,
     "decode": 9,
     "cli": 9,
     "bench": 10,
+    "distributed": 10,
+    "ablations": 10,
     "chinese": 11,
 }
+# The command line (chapter 9) is the application that offers every chapter's work: its train command
+# runs data-parallel (chapter 10) and knows the Tatoeba corpus (chapter 11). It may import any module.
+APPLICATION_MODULES = {"cli"}
+# Plumbing that the package does not re-export at the top level (import it from its module).
+NOT_REEXPORTED = {"cli", "checks"}
 
 
 def chapter_number(path: Path) -> int:
@@ -169,6 +178,8 @@ def test_library_module_imports_only_earlier_chapters(module: str) -> None:
     path = ROOT / "transformer_lib" / f"{module}.py"
     if not path.exists():
         pytest.fail(f"transformer_lib/{module}.py is missing")
+    if module in APPLICATION_MODULES:
+        return
     used = imported_course_modules(path.read_text(encoding="utf-8")) - {module}
     later = {m for m in used if MODULE_CHAPTER.get(m, 99) > MODULE_CHAPTER[module]}
     assert not later, f"{module} (chapter {MODULE_CHAPTER[module]}) imports later modules {sorted(later)}"
@@ -196,7 +207,31 @@ def test_public_api_has_docstrings_and_type_hints(module: str) -> None:
 
 
 def test_package_exposes_each_modules_public_names() -> None:
-    for module in set(MODULE_CHAPTER) - {"cli"}:  # the command line is an entry point, not library API
+    exported = set(transformer_lib.__all__)
+    expected = set()
+    for module in set(MODULE_CHAPTER) - NOT_REEXPORTED:
         mod = importlib.import_module(f"transformer_lib.{module}")
         for name in getattr(mod, "__all__", []):
+            if name in MODULE_CHAPTER:  # a function named like a submodule (train.train) would shadow it
+                assert name not in exported, f"transformer_lib.{name} must stay the submodule"
+                continue
+            expected.add(name)
             assert getattr(transformer_lib, name, None) is getattr(mod, name), f"transformer_lib.{name} is not exported"
+    assert exported == expected, f"__all__ differs: extra {sorted(exported - expected)}, missing {sorted(expected - exported)}"
+    assert len(transformer_lib.__all__) == len(exported), "a name is listed twice in __all__"
+
+
+def test_no_submodule_is_shadowed_and_heavy_modules_load_lazily() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, transformer_lib as t; "
+        "print(sorted(m for m in ('viz', 'bench', 'chinese', 'distributed', 'ablations') if f'transformer_lib.{m}' in sys.modules)); "
+        "print(type(t.train).__name__, 'matplotlib.pyplot' in sys.modules); "
+        "t.architecture_figure; print('transformer_lib.viz' in sys.modules)"
+    )  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "[]", f"imported eagerly: {out[0]}"
+    assert out[1] == "module False", "transformer_lib.train must be the module, and pyplot must not load at import"
+    assert out[2] == "True", "the lazy name must import its module on first use"

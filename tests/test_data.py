@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from transformer_lib import data
-from transformer_lib.data import DataError, RemoteFile, fetch, load_multi30k, load_tatoeba
+from transformer_lib import data, utils
+from transformer_lib.chinese import load_tatoeba
+from transformer_lib.data import DataError, RemoteFile, fetch, load_multi30k
 
 from conftest import MIRROR
 
@@ -17,7 +18,7 @@ from conftest import MIRROR
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     """A fresh cache, and the shared mirror instead of the network."""
-    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(utils.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv(data.MIRROR_ENV, str(MIRROR))
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: pytest.fail("tests must not use the network"))
     return tmp_path
@@ -69,7 +70,7 @@ def test_file_missing_from_mirror_is_named(env):
 def _fake_mirror(tmp_path: Path, name: str, payload: bytes) -> RemoteFile:
     (tmp_path / "mirror" / "multi30k").mkdir(parents=True)
     (tmp_path / "mirror" / "multi30k" / name).write_bytes(payload)
-    return RemoteFile("multi30k", name, "https://example.invalid/" + name, data._sha256(tmp_path / "mirror" / "multi30k" / name))
+    return RemoteFile("multi30k", name, "https://example.invalid/" + name, utils.sha256_file(tmp_path / "mirror" / "multi30k" / name))
 
 
 def test_truncated_gzip_is_an_error(env, monkeypatch):

@@ -306,7 +306,7 @@ def test_make_decoder_lowers_max_len_to_the_positions_of_the_model() -> None:
 def test_bad_beam_size(beam_size: object) -> None:
     model = small_model()
     src, src_mask = padded_sources()
-    with pytest.raises(ValueError, match="beam_size must be an integer >= 1"):
+    with pytest.raises(ValueError, match="beam_size must be a positive integer"):
         beam_search(model, src, src_mask, 5, BOS_ID, EOS_ID, beam_size=beam_size)
     with pytest.raises(ValueError, match="beam_size"):
         make_decoder("beam", beam_size=beam_size)
@@ -334,9 +334,9 @@ def test_bad_max_len(search, max_len: object) -> None:
 def test_bad_inputs_name_the_argument(search) -> None:
     model = small_model()
     src, src_mask = padded_sources()
-    with pytest.raises(ValueError, match="src must be integer token ids"):
+    with pytest.raises(ValueError, match="src must be integer ids"):
         search(model, src.float(), src_mask, 5, BOS_ID, EOS_ID)
-    with pytest.raises(ValueError, match="src must be integer token ids"):
+    with pytest.raises(ValueError, match=r"src must have shape \(batch, len\)"):
         search(model, src[0], src_mask, 5, BOS_ID, EOS_ID)
     with pytest.raises(ValueError, match="src_mask must be None or a boolean tensor"):
         search(model, src, src_mask.float(), 5, BOS_ID, EOS_ID)

@@ -115,7 +115,7 @@ def test_decoder_rejects_d_model_not_divisible_by_heads() -> None:
 
 
 def test_decoder_rejects_non_positive_number_of_layers() -> None:
-    with pytest.raises(ValueError, match=r"N \(number of layers\) must be positive"):
+    with pytest.raises(ValueError, match=r"N must be a positive integer"):
         Decoder(D_MODEL, HEADS, D_FF, N=0)
 
 

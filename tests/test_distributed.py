@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import MIRROR
+from transformer_lib.distributed import train_parallel
 from transformer_lib.train import PRESETS, train
 
 pytestmark = pytest.mark.usefixtures("offline")
@@ -72,9 +73,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     out, _ = two_processes
     config = dataclasses.replace(
         PRESETS["tiny"], dropout=0.0, max_steps=6, log_every=1, eval_every=1000, save_every=3, train_limit=400,
-        valid_limit=50, grad_accum=2,
+        valid_limit=50,
     )  # fmt: skip
-    single = train(config, tmp_path / "one", device="cpu", progress=False)
+    single = train_parallel(config, tmp_path / "one", device="cpu", progress=False, grad_accum=2)
     ddp = step_losses(out)
     assert len(ddp) == len(single["losses"]) == 6
     assert ddp == pytest.approx(single["losses"], rel=LOSS_RTOL)
@@ -83,7 +84,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=WEIGHT_ATOL, msg=lambda m: f"{k}: {m}")
     # A wrong weighting (e.g. each process's own mean, averaged) would change the losses: the test can fail.
-    first_batch_only = dataclasses.replace(config, grad_accum=1, max_steps=2)
+    first_batch_only = dataclasses.replace(config, max_steps=2)
     other = train(first_batch_only, tmp_path / "half", device="cpu", progress=False)
     assert other["losses"][1] != pytest.approx(ddp[1], rel=LOSS_RTOL)
 
@@ -115,4 +116,6 @@ def test_resume_under_torchrun_is_exact_with_dropout(tmp_path):
     config = dataclasses.replace(PRESETS["tiny"], dropout=0.1, max_steps=9, log_every=1, eval_every=1000,
                                  save_every=3, train_limit=400, valid_limit=50)  # fmt: skip
     with pytest.raises(ValueError, match=r"2 process\(es\) x grad_accum=1 .* this run 1 x 1; keep the product"):
-        train(config, tmp_path / "split", resume=True, device="cpu", progress=False)
+        train_parallel(config, tmp_path / "split", resume=True, device="cpu", progress=False)
+    with pytest.raises(ValueError, match=r"its steps took 2 batches each, this run's take 1"):
+        train(config, tmp_path / "split", resume=True, device="cpu", progress=False)  # chapter 8's loop, one batch

@@ -148,7 +148,7 @@ def test_too_long_sequence_names_both_lengths(cls, max_len):
 @pytest.mark.parametrize("shape", [(5, 4), (2, 5, 3), (1, 2, 5, 4)])
 def test_positional_modules_reject_bad_shapes(cls, shape):
     module = cls(d_model=4, max_len=10)
-    with pytest.raises(ValueError, match=r"expected input of shape \(batch, len, d_model=4\)"):
+    with pytest.raises(ValueError, match=r"x must have shape \(batch, len, d_model=4\)"):
         module(torch.randn(shape))
 
 
@@ -220,7 +220,7 @@ def test_embeddings_reject_wrong_shapes(shape):
 @pytest.mark.parametrize("bad_id", [5, -1])
 def test_embeddings_reject_ids_outside_the_vocabulary(bad_id):
     emb = Embeddings(vocab_size=5, d_model=4)
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size=5\)"):
+    with pytest.raises(ValueError, match=r"the ids in tokens must lie in \[0, vocab_size=5\)"):
         emb(torch.tensor([[0, bad_id]]))
 
 

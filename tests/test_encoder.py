@@ -247,15 +247,15 @@ def test_paper_sizes_parameter_count() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"N": 0}, r"N \(number of layers\) must be a positive integer, got 0"),
-        ({"N": 2.5}, r"N \(number of layers\) must be a positive integer, got 2.5"),
+        ({"N": 0}, r"N must be a positive integer, got 0"),
+        ({"N": 2.5}, r"N must be a positive integer, got 2.5"),
         ({"d_model": 30, "num_heads": 4}, r"d_model=30 must be divisible by num_heads=4"),
         ({"num_heads": 0}, r"num_heads must be a positive integer, got 0"),
         ({"d_model": -8}, r"d_model must be a positive integer, got -8"),
         ({"d_ff": 0}, r"d_ff must be a positive integer, got 0"),
         ({"d_ff": -1}, r"d_ff must be a positive integer, got -1"),
-        ({"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0"),
-        ({"dropout": -0.1}, r"dropout must be a number in \[0, 1\), got -0.1"),
+        ({"dropout": 1.0}, r"dropout must be in \[0, 1\), got 1.0"),
+        ({"dropout": -0.1}, r"dropout must be in \[0, 1\), got -0.1"),
     ],
 )
 def test_encoder_rejects_bad_config(kwargs: dict, message: str) -> None:
@@ -269,7 +269,7 @@ def test_encoder_rejects_bad_config(kwargs: dict, message: str) -> None:
     [
         ({"d_model": 30, "num_heads": 4}, r"d_model=30 must be divisible by num_heads=4"),
         ({"d_ff": 0}, r"d_ff must be a positive integer, got 0"),
-        ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\), got 1.5"),
+        ({"dropout": 1.5}, r"dropout must be in \[0, 1\), got 1.5"),
     ],
 )
 def test_encoder_layer_rejects_bad_config(kwargs: dict, message: str) -> None:
@@ -283,7 +283,7 @@ def test_encoder_layer_rejects_bad_config(kwargs: dict, message: str) -> None:
     [
         ({"d_ff": 0}, r"d_ff must be a positive integer, got 0"),
         ({"d_model": 0}, r"d_model must be a positive integer, got 0"),
-        ({"dropout": -0.5}, r"dropout must be a number in \[0, 1\), got -0.5"),
+        ({"dropout": -0.5}, r"dropout must be in \[0, 1\), got -0.5"),
     ],
 )
 def test_ffn_rejects_bad_config(kwargs: dict, message: str) -> None:

@@ -199,20 +199,20 @@ def test_masked_attention_matches_nn_multiheadattention(kind: str) -> None:
 
 @pytest.mark.parametrize("fn", [padding_mask, target_mask])
 def test_float_tokens_rejected(fn) -> None:
-    with pytest.raises(ValueError, match="integer token ids.*float"):
+    with pytest.raises(ValueError, match="tokens must be integer ids.*float"):
         fn(torch.tensor([[1.0, 2.0, 0.0]]), PAD)
 
 
 @pytest.mark.parametrize("fn", [padding_mask, target_mask])
 def test_bool_tokens_rejected(fn) -> None:
-    with pytest.raises(ValueError, match="integer token ids.*bool"):
+    with pytest.raises(ValueError, match="tokens must be integer ids.*bool"):
         fn(torch.tensor([[True, False]]), PAD)
 
 
 @pytest.mark.parametrize("fn", [padding_mask, target_mask])
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 4)])
 def test_tokens_must_be_2d(fn, shape: tuple[int, ...]) -> None:
-    with pytest.raises(ValueError, match=r"shape \(batch, seq_len\)"):
+    with pytest.raises(ValueError, match=r"shape \(batch, len\)"):
         fn(torch.ones(shape, dtype=torch.long), PAD)
 
 

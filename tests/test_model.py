@@ -232,7 +232,7 @@ def test_config_rejects_non_positive_vocabulary(name: str, value: int) -> None:
 
 
 def test_config_rejects_unknown_positional_encoding() -> None:
-    with pytest.raises(ValueError, match=r"positional must be 'sinusoidal' or 'learned', got 'rotary'"):
+    with pytest.raises(ValueError, match=r"positional must be one of 'sinusoidal', 'learned'; got 'rotary'"):
         make_model(10, 10, positional="rotary")
 
 
@@ -249,7 +249,7 @@ def test_config_rejects_bad_dropout() -> None:
 
 def test_forward_rejects_float_tokens_and_mismatched_batches() -> None:
     model = make_model(SRC_VOCAB, TGT_VOCAB, N=1, d_model=D_MODEL, d_ff=D_FF, h=HEADS)
-    with pytest.raises(ValueError, match=r"src must be integer token ids"):
+    with pytest.raises(ValueError, match=r"src must be integer ids"):
         model(torch.randn(2, 4), torch.ones(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"same batch size, got 2 and 3"):
         model(torch.ones(2, 4, dtype=torch.long), torch.ones(3, 3, dtype=torch.long))
@@ -345,7 +345,7 @@ def test_tiny_model_learns_to_copy_and_greedy_decode_reproduces_the_examples() -
     model = make_model(vocab, vocab, N=1, d_model=32, d_ff=64, h=2, dropout=0.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: <bos> y1 .. -> y1 .. <eos>
-    for _ in range(100):
+    for _ in range(200):  # Adam at lr 1e-2 oscillates on the way down: 100 steps end at 0.04-0.07 by CPU kind
         log_probs = model(src, tgt_in, padding_mask(src, PAD_ID), target_mask(tgt_in, PAD_ID))
         loss = F.nll_loss(log_probs.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID)
         optimizer.zero_grad()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from transformer_lib.data import MULTI30K_SPLITS
-from transformer_lib.train import load_translator
+from transformer_lib.checkpoint import load_translator
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "multi30k_de_en.json"

@@ -12,22 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import transformer_lib.chinese  # noqa: F401  (registers the Tatoeba corpus and its preset)
 from transformer_lib import data
+from transformer_lib.checkpoint import load_translator, release_checkpoint, save_checkpoint
 from transformer_lib.evaluate import translate
-from transformer_lib.train import (
-    PRESETS,
-    TrainConfig,
-    TrainingDiverged,
-    label_smoothed_loss,
-    load_translator,
-    noam_lr,
-    release_checkpoint,
-    save_atomic,
-    train,
-)
+from transformer_lib.train import PRESETS, TrainConfig, TrainingDiverged, label_smoothed_loss, noam_lr, train
 
 pytestmark = pytest.mark.usefixtures("offline")
-# The module itself: ``transformer_lib.train`` as an attribute is the function that __init__ exports.
 train_module = importlib.import_module("transformer_lib.train")
 
 LOSS_TOL = 1e-6  # float32 loss against a float32 hand-written formula: a few rounding steps apart
@@ -351,22 +342,21 @@ def test_huge_learning_rate_diverges_with_a_message(tmp_path):
     assert read_log(tmp_path)[-1]["event"] == "diverged"
 
 
-def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_save_checkpoint_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    save_atomic({"step": 1, "w": torch.arange(4.0)}, path)
+    save_checkpoint({"step": 1, "w": torch.arange(4.0)}, path)
     real_save = torch.save
 
     def dies_midway(obj, f, *args, **kwargs):
         real_save(obj, f, *args, **kwargs)
-        with open(f, "r+b") as handle:
-            handle.truncate(10)  # half-written ...
+        f.truncate(10)  # half-written ...
         raise OSError("no space left on device")  # ... and then the disk is full
 
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(OSError, match="no space left"):
-        save_atomic({"step": 2, "w": torch.zeros(4)}, path)
+        save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
     with pytest.raises(OSError, match="no space left"):
-        save_atomic({"step": 2}, tmp_path / "new.pt")
+        save_checkpoint({"step": 2}, tmp_path / "new.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"], "no temporary file, no half-written new file"
     monkeypatch.setattr(torch, "save", real_save)
     kept = torch.load(path, weights_only=True)
@@ -384,9 +374,11 @@ def test_save_atomic_leaves_no_partial_file(tmp_path, monkeypatch):
         (dict(max_steps=0), "max_steps must be a positive integer"),
         (dict(max_tokens=1.5), "max_tokens must be a positive integer"),
         (dict(label_smoothing=1.0), r"label_smoothing must be in \[0, 1\)"),
-        (dict(lr_factor=0.0), "lr_factor must be positive"),
-        (dict(max_minutes=0), "max_minutes must be positive or None"),
-        (dict(dataset="wmt"), "dataset must be 'multi30k' or 'tatoeba'"),
+        (dict(lr_factor=0.0), "lr_factor must be a finite positive number"),
+        (dict(lr_factor=float("nan")), "lr_factor must be a finite positive number"),
+        (dict(schedule="cosine"), "schedule must be one of 'noam'"),
+        (dict(max_minutes=0), "max_minutes must be a finite positive number"),
+        (dict(dataset="wmt"), "dataset must be one of 'multi30k', 'tatoeba'"),
         (dict(dataset="tatoeba"), "tatoeba dataset translates between 'zh' and 'en'"),
         (dict(share_embeddings=True, joint_vocab=False), "share_embeddings needs joint_vocab=True"),
         (dict(train_limit=0), "train_limit must be a positive integer or None"),

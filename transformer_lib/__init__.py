@@ -1,19 +1,41 @@
 """transformer_lib — the library of "The Transformer, built chapter by chapter".
 
-Each chapter of the book adds one module; this file exposes the public names in chapter order.
+Each chapter of the book adds one module; this file exposes their public names in chapter order.
+The modules of chapters 1–9 are imported at once; the heavier or optional ones — the figures and
+explorers (``viz``), the benchmarks (``bench``), data parallelism (``distributed``), the ablations
+and the Chinese track (``chinese``) — are imported the first time one of their names is used.
+Submodules keep their own names: ``transformer_lib.train`` is the module of chapter 8, whose
+``train`` function is ``transformer_lib.train.train``.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
 # Chapter 1 — why attention: the course toolkit and the RNN baseline
-from .utils import (  # noqa: F401
-    BOS_ID, EOS_ID, FIRST_SYMBOL_ID, PAD_ID, make_sequence_task, set_seed, show_source, time_it, use_course_style,
+from .utils import (
+    BOS_ID,
+    EOS_ID,
+    FIRST_SYMBOL_ID,
+    PAD_ID,
+    REPOSITORY,
+    cache_dir,
+    make_sequence_task,
+    remove_stale_parts,
+    repo_file,
+    repo_root,
+    resolve_device,
+    set_seed,
+    sha256_file,
+    show_source,
+    time_it,
+    use_course_style,
     write_atomic,
 )
 from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
-from .viz import (
-    CHAPTERS_ON_THE_MAP, Explorer, architecture_figure, attention_explorer, mask_explorer, positional_encoding_explorer,
-)
 
 # Chapter 2 — attention as queries, keys and values
 from .attention import Attention, scaled_dot_product_attention
@@ -25,7 +47,7 @@ from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncodi
 from .masks import causal_mask, padding_mask, target_mask
 
 # Chapter 5 — multi-head attention
-from .multihead import MultiHeadAttention, merge_heads, split_heads
+from .multihead import MultiHeadAttention, fused_attention, merge_heads, split_heads
 
 # Chapter 6 — the encoder
 from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerConnection
@@ -35,26 +57,93 @@ from .decoder import Decoder, DecoderLayer
 from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
 
 # Chapter 8 — training a translator
-from .data import MULTI30K_FILES, MULTI30K_SPLITS, TATOEBA_FILE, DataError, RemoteFile, cache_dir, fetch, load_multi30k, load_tatoeba
-from .tokenizer import Tokenizer, train_tokenizer
-from .data import collate, token_batches
+from .data import (
+    CORPORA,
+    MULTI30K_FILES,
+    MULTI30K_SPLITS,
+    Corpus,
+    DataError,
+    RemoteFile,
+    collate,
+    fetch,
+    load_multi30k,
+    load_pairs,
+    register_corpus,
+    token_batches,
+    use_shared_mirror,
+)
+from .tokenizer import UNK_ID, Tokenizer, train_tokenizer
+from .checkpoint import CHECKPOINT_FORMAT, load_translator, read_checkpoint, release_checkpoint, save_checkpoint
 from .train import (
-    PRESETS, TrainConfig, TrainingDiverged, label_smoothed_loss, load_translator, noam_lr, prepare_data,
-    release_checkpoint, save_atomic, train,
+    PRESETS,
+    SCHEDULES,
+    PreparedData,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    evaluate_loss,
+    label_smoothed_loss,
+    mixed_precision,
+    noam_lr,
+    prepare_data,
+    train_step,
 )
 
 # Chapter 9 — decoding and evaluation
-from .evaluate import corpus_scores, device_description, plot_training_log, translate
 from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences
+from .evaluate import corpus_scores, device_description, plot_training_log, translate
 
-# Chapter 10 — making it fast
-from .bench import (
-    KNOWN_PEAK_TFLOPS, TensorMemoryTracker, Timing, benchmark, format_table, gpu_peak_flops, matmul_peak_flops, mfu,
-    peak_memory, results_header, transformer_flops, write_json_atomic,
-)
+# Loaded on first use: module -> its public names.
+_LAZY = {
+    "viz": [  # chapter 1's figures and explorers (matplotlib, ipywidgets)
+        "CHAPTERS_ON_THE_MAP", "Explorer", "architecture_figure", "attention_explorer", "mask_explorer",
+        "positional_encoding_explorer",
+    ],
+    "bench": [  # chapter 10
+        "KNOWN_PEAK_TFLOPS", "TensorMemoryTracker", "Timing", "benchmark", "format_table", "gpu_peak_flops",
+        "matmul_peak_flops", "mfu", "peak_memory", "results_header", "transformer_flops", "write_json_atomic",
+    ],
+    "distributed": ["DistributedTrainer", "accumulated_step", "distributed_env", "train_parallel"],  # chapter 10
+    "ablations": ["ABLATIONS", "SMOOTH", "SPIKE_NATS", "noam_lr_no_warmup", "stability"],  # chapter 10
+    "chinese": [  # chapter 11
+        "TATOEBA_FILE", "load_tatoeba", "CJK_FONT_FAMILIES", "SEED_SENTENCES", "AttentionMap", "SeedSentence",
+        "add_seed_translations", "cross_attention", "find_cjk_font", "plot_cross_attention", "translate_seed_sentences",
+        "use_cjk_font",
+    ],
+}  # fmt: skip
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
-# Chapter 11 — the Chinese track
-from .chinese import (
-    CJK_FONT_FAMILIES, SEED_SENTENCES, AttentionMap, SeedSentence, add_seed_translations, cross_attention, find_cjk_font,
-    plot_cross_attention, translate_seed_sentences, use_cjk_font,
-)
+__all__ = [
+    "BOS_ID", "EOS_ID", "FIRST_SYMBOL_ID", "PAD_ID", "REPOSITORY", "cache_dir", "make_sequence_task",
+    "remove_stale_parts", "repo_file", "repo_root", "resolve_device", "set_seed", "sha256_file", "show_source",
+    "time_it", "use_course_style", "write_atomic", "AdditiveAttention", "RNNDecoder", "RNNEncoder", "Seq2Seq",
+    "make_seq2seq", "Attention", "scaled_dot_product_attention", "Embeddings", "LearnedPositionalEmbedding",
+    "PositionalEncoding", "sinusoidal_positional_encoding", "causal_mask", "padding_mask", "target_mask",
+    "MultiHeadAttention", "fused_attention", "merge_heads", "split_heads", "Encoder", "EncoderLayer",
+    "PositionwiseFeedForward", "SublayerConnection", "Decoder", "DecoderLayer", "Generator", "Transformer",
+    "TransformerConfig", "greedy_decode", "make_model", "CORPORA", "MULTI30K_FILES", "MULTI30K_SPLITS", "Corpus",
+    "DataError", "RemoteFile", "collate", "fetch", "load_multi30k", "load_pairs", "register_corpus",
+    "token_batches", "use_shared_mirror", "UNK_ID", "Tokenizer", "train_tokenizer", "CHECKPOINT_FORMAT",
+    "load_translator", "read_checkpoint", "release_checkpoint", "save_checkpoint", "PRESETS", "SCHEDULES",
+    "PreparedData", "TrainConfig", "Trainer", "TrainingDiverged", "evaluate_loss", "label_smoothed_loss",
+    "mixed_precision", "noam_lr", "prepare_data", "train_step", "KVCache", "beam_search", "decode_step",
+    "gnmt_length_penalty", "greedy_search", "make_decoder", "score_sequences", "corpus_scores",
+    "device_description", "plot_training_log", "translate",
+]  # fmt: skip
+__all__ += [name for names in _LAZY.values() for name in names]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazy module the first time one of its names (or the module itself) is asked for."""
+    module = _LAZY_NAMES.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(f".{module}", __name__), name)
+        globals()[name] = value
+        return value
+    if name in _LAZY:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_NAMES) | set(_LAZY))

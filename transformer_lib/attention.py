@@ -19,63 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_attention_inputs, check_fraction, check_positive_ints
+
 __all__ = ["scaled_dot_product_attention", "Attention"]
-
-
-def _check_attention_inputs(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
-    """Raise ``ValueError`` naming the shapes (or dtypes) when the inputs do not fit together."""
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if not isinstance(t, Tensor):
-            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
-        if t.dim() < 2:
-            raise ValueError(f"{name} must have at least 2 dimensions (..., len, dim), got shape {tuple(t.shape)}")
-        if not t.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if not query.dtype == key.dtype == value.dtype:
-        raise ValueError(
-            f"query, key and value must share one dtype, got {query.dtype}, {key.dtype} and {value.dtype}"
-        )
-    if query.size(-1) != key.size(-1):
-        raise ValueError(
-            f"query and key must share d_k (last dimension): query {tuple(query.shape)}, key {tuple(key.shape)}"
-        )
-    if key.size(-2) != value.size(-2):
-        raise ValueError(
-            f"key and value must have the same length k_len (dimension -2): "
-            f"key {tuple(key.shape)}, value {tuple(value.shape)}"
-        )
-    try:
-        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    except RuntimeError:
-        raise ValueError(
-            f"batch dimensions do not broadcast: query {tuple(query.shape)}, key {tuple(key.shape)}, "
-            f"value {tuple(value.shape)}"
-        ) from None
-    if mask is not None:
-        if not isinstance(mask, Tensor):
-            raise ValueError(f"mask must be a boolean tensor (True = may attend), got {type(mask).__name__}")
-        if mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask must be a boolean tensor (True = may attend), got dtype {mask.dtype}; "
-                "convert it with `mask.bool()` or build it with transformer_lib's mask helpers"
-            )
-        q_len, k_len = query.size(-2), key.size(-2)
-        scores_shape = (*torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]), q_len, k_len)
-        try:  # the mask may be smaller than the scores (it broadcasts), never larger
-            fits = torch.broadcast_shapes(mask.shape, scores_shape) == torch.Size(scores_shape)
-        except RuntimeError:
-            fits = False
-        if not fits:
-            hint = ""
-            if mask.dim() > len(scores_shape):
-                hint = (
-                    "; the mask has more dimensions than the scores (a (batch, 1, 1, k_len) padding mask "
-                    "needs inputs with a heads axis, e.g. x[:, None])"
-                )
-            raise ValueError(
-                f"mask of shape {tuple(mask.shape)} does not broadcast to the attention scores "
-                f"(..., q_len, k_len) = {tuple(scores_shape)}{hint}"
-            ) from None
 
 
 def scaled_dot_product_attention(
@@ -103,9 +49,8 @@ def scaled_dot_product_attention(
         ``output`` of shape ``(..., q_len, d_v)`` and ``weights`` of shape ``(..., q_len, k_len)``.
         A query whose keys are all masked gets a zero output row and zero weights (never NaN).
     """
-    _check_attention_inputs(query, key, value, mask)
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    check_attention_inputs(query, key, value, mask)
+    check_fraction(dropout_p=dropout_p)
     d_k = query.size(-1)
     scores = query @ key.transpose(-2, -1) / math.sqrt(d_k)  # (..., q_len, k_len)
     if mask is not None:
@@ -136,11 +81,9 @@ class Attention(nn.Module):
 
     def __init__(self, d_model: int, d_k: int, d_v: int | None = None, d_context: int | None = None) -> None:
         super().__init__()
-        for name, n in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v), ("d_context", d_context)):
-            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n <= 0):
-                raise ValueError(f"{name} must be a positive integer, got {n!r}")
         d_v = d_k if d_v is None else d_v
         d_context = d_model if d_context is None else d_context
+        check_positive_ints(d_model=d_model, d_k=d_k, d_v=d_v, d_context=d_context)
         self.W_Q = nn.Linear(d_model, d_k, bias=False)
         self.W_K = nn.Linear(d_context, d_k, bias=False)
         self.W_V = nn.Linear(d_context, d_v, bias=False)
@@ -151,16 +94,17 @@ class Attention(nn.Module):
         Returns ``(output, weights)`` with shapes ``(..., len, d_v)`` and ``(..., len, len')``.
         """
         x_context = x if x_context is None else x_context
-        for name, t in (("x", x), ("x_context", x_context)):
-            if t.dim() < 2:
-                raise ValueError(f"{name} must have shape (..., len, features), got shape {tuple(t.shape)}")
-        if x.size(-1) != self.W_Q.in_features:
-            raise ValueError(f"x has last dimension {x.size(-1)}, expected d_model={self.W_Q.in_features}")
-        if x_context.size(-1) != self.W_K.in_features:
-            raise ValueError(
-                f"x_context has last dimension {x_context.size(-1)}, expected d_context={self.W_K.in_features}"
-            )
+        _check_features(x, self.W_Q.in_features, "x", "d_model")
+        _check_features(x_context, self.W_K.in_features, "x_context", "d_context")
         Q = self.W_Q(x)  # (..., len, d_k)
         K = self.W_K(x_context)  # (..., len', d_k)
         V = self.W_V(x_context)  # (..., len', d_v)
         return scaled_dot_product_attention(Q, K, V, mask)
+
+
+def _check_features(t: Tensor, size: int, name: str, size_name: str) -> None:
+    """``t`` is ``(..., len, size)``: the input of a projection with ``size`` input features."""
+    if t.dim() < 2:
+        raise ValueError(f"{name} must have shape (..., len, features), got shape {tuple(t.shape)}")
+    if t.size(-1) != size:
+        raise ValueError(f"{name} has last dimension {t.size(-1)}, expected {size_name}={size}")

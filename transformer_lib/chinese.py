@@ -4,6 +4,9 @@ The source articles explain the Transformer with Chinese sentences ("我爱你" 
 "我欠他100W" versus "他欠我100W"). This module holds what chapter 11 needs to translate them with a
 model trained on Tatoeba's Mandarin–English pairs:
 
+* ``TATOEBA_FILE`` / ``load_tatoeba``: the corpus, split by distinct English sentence; importing
+  this module registers it as the corpus ``"tatoeba"`` (``data.CORPORA``) and adds the training
+  preset ``PRESETS["tatoeba_cpu"]``;
 * ``SEED_SENTENCES``: the articles' sentences (and a few variants), with reference translations;
 * ``translate_seed_sentences``: their greedy and beam-search translations by a trained model;
 * ``cross_attention``: the cross-attention weights of every decoder layer and head while the model
@@ -20,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import warnings
 from dataclasses import dataclass
@@ -29,18 +33,23 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from torch import Tensor
 
+from .checkpoint import load_translator
+from .data import Corpus, DataError, RemoteFile, fetch, register_corpus
 from .decode import make_decoder
 from .evaluate import translate
 from .masks import causal_mask, padding_mask
 from .model import Transformer
 from .multihead import MultiHeadAttention
 from .tokenizer import Tokenizer
-from .utils import write_atomic
+from .train import PRESETS, TrainConfig
+from .utils import sha256_file, write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 __all__ = [
+    "TATOEBA_FILE",
+    "load_tatoeba",
     "SeedSentence",
     "SEED_SENTENCES",
     "CJK_FONT_FAMILIES",
@@ -52,6 +61,66 @@ __all__ = [
     "plot_cross_attention",
     "add_seed_translations",
 ]
+
+
+TATOEBA_FILE = RemoteFile(
+    "tatoeba",
+    "cmn-eng.txt",
+    "https://raw.githubusercontent.com/13luoyu/Transformer-machine-translation/"
+    "aa43963320ccfacebd1d3542deae559bbca58d03/cmn.txt",
+    "aa264a2447b26ab7c9d413f8321f9e2a779fd134b5118306b6e26a3499b3926e",
+)
+
+
+def load_tatoeba(
+    split: str,
+    cache: Path | str | None = None,
+    valid_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+    seed: int = 0,
+) -> list[tuple[str, str, str]]:
+    """Tatoeba Mandarin–English triples ``(chinese, english, attribution)`` of ``split``.
+
+    The split is deterministic and made by *distinct English sentence*: all Chinese translations of
+    one English sentence fall in the same split, so no English sentence leaks between splits.
+    """
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown Tatoeba split {split!r}; choose 'train', 'val' or 'test'")
+    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
+        raise ValueError(f"bad split fractions: valid={valid_fraction}, test={test_fraction}")
+    path = fetch(TATOEBA_FILE, cache)
+    triples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3:
+            raise DataError(f"{path.name} line {number}: expected 3 tab-separated fields, got {len(fields)}")
+        english, chinese, attribution = fields
+        triples.append((chinese, english, attribution))
+    english = sorted({t[1] for t in triples})
+    random.Random(seed).shuffle(english)
+    n_test, n_valid = round(len(english) * test_fraction), round(len(english) * valid_fraction)
+    chosen = {"test": english[:n_test], "val": english[n_test : n_test + n_valid], "train": english[n_test + n_valid :]}
+    keep = set(chosen[split])
+    return [t for t in triples if t[1] in keep]
+
+
+def _tatoeba_pairs(split: str, src_lang: str, tgt_lang: str) -> list[tuple[str, str]]:
+    triples = load_tatoeba(split)  # (chinese, english, attribution)
+    return [(zh, en) for zh, en, _ in triples] if src_lang == "zh" else [(en, zh) for zh, en, _ in triples]
+
+
+register_corpus(Corpus("tatoeba", ("zh", "en"), ("test",), _tatoeba_pairs))
+
+# Chinese -> English on Tatoeba: short sentences, so a small model on CPU. Chinese and English get
+# their own SentencePiece models (few shared pieces, so no shared embeddings); character_coverage < 1
+# maps the rarest Chinese characters to <unk> instead of the vocabulary.
+PRESETS["tatoeba_cpu"] = TrainConfig(
+    name="tatoeba_cpu", dataset="tatoeba", src_lang="zh", tgt_lang="en", vocab_size=4000, joint_vocab=False,
+    share_embeddings=False, character_coverage=0.9995, N=3, d_model=256, d_ff=1024, h=4, dropout=0.2,
+    max_tokens=3000, warmup=400, lr_factor=0.5, max_steps=3000, max_minutes=80, eval_every=300, save_every=150,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -269,12 +338,9 @@ def add_seed_translations(
     (checked by its SHA-256); the table goes under ``"seed_sentences"`` and the file is rewritten
     atomically. Returns the rows (see ``translate_seed_sentences``).
     """
-    from .data import _sha256
-    from .train import load_translator
-
     results_path = Path(results)
     data = json.loads(results_path.read_text(encoding="utf-8"))
-    if data.get("checkpoint", {}).get("sha256") != _sha256(Path(checkpoint)):
+    if data.get("checkpoint", {}).get("sha256") != sha256_file(checkpoint):
         raise ValueError(f"{results_path} does not describe {checkpoint}: the SHA-256 of the checkpoint differs")
     model, src_tok, tgt_tok = load_translator(checkpoint)
     rows = translate_seed_sentences(model, src_tok, tgt_tok, beam_size=beam_size, length_penalty=length_penalty)

@@ -1,21 +1,24 @@
-"""Chapter 8 — data: the corpora, fetched once, verified always.
+"""Chapter 8 — data: the corpus, fetched once, verified always, and cut into token-budget batches.
 
 Every file has a canonical URL pinned to a commit and a SHA-256. ``fetch`` puts it in a cache
 directory, writing to a temporary file and renaming it only once the checksum matches, so a
 half-downloaded or corrupted corpus never sits in the cache under its real name.
 
+``CORPORA`` names the corpora a training run can use: Multi30k here; chapter 11 registers
+Tatoeba's Chinese–English pairs with ``register_corpus``.
+
 Environment variables:
 
 * ``TRANSFORMER_LIB_CACHE``: the cache directory (default: ``$XDG_CACHE_HOME/transformer_lib``,
   i.e. ``~/.cache/transformer_lib``);
-* ``TRANSFORMER_LIB_DATA_MIRROR``: a local folder laid out like the cache (``multi30k/``,
-  ``tatoeba/``) to copy from instead of the network — the tests and CI point it at ``../shared/data``.
+* ``TRANSFORMER_LIB_DATA_MIRROR``: a local folder laid out like the cache (``multi30k/``, ...) to
+  copy from instead of the network — the tests and CI point it at ``../shared/data``
+  (``use_shared_mirror`` does that for the notebooks of a checkout).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import random
 import shutil
@@ -24,26 +27,31 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .checks import check_positive_ints
+from .utils import BOS_ID, EOS_ID, PAD_ID, cache_dir, repo_root, sha256_file
 
 __all__ = [
     "DataError",
     "RemoteFile",
     "MULTI30K_SPLITS",
     "MULTI30K_FILES",
-    "TATOEBA_FILE",
-    "cache_dir",
     "fetch",
+    "use_shared_mirror",
     "load_multi30k",
-    "load_tatoeba",
+    "Corpus",
+    "CORPORA",
+    "register_corpus",
+    "load_pairs",
     "token_batches",
     "collate",
 ]
 
-CACHE_ENV, MIRROR_ENV = "TRANSFORMER_LIB_CACHE", "TRANSFORMER_LIB_DATA_MIRROR"
+MIRROR_ENV = "TRANSFORMER_LIB_DATA_MIRROR"
 
 
 class DataError(RuntimeError):
@@ -88,31 +96,6 @@ _MULTI30K_SHA256 = {
 MULTI30K_FILES = {
     name: RemoteFile("multi30k", name, _MULTI30K_URL.format(name), sha) for name, sha in _MULTI30K_SHA256.items()
 }
-TATOEBA_FILE = RemoteFile(
-    "tatoeba",
-    "cmn-eng.txt",
-    "https://raw.githubusercontent.com/13luoyu/Transformer-machine-translation/"
-    "aa43963320ccfacebd1d3542deae559bbca58d03/cmn.txt",
-    "aa264a2447b26ab7c9d413f8321f9e2a779fd134b5118306b6e26a3499b3926e",
-)
-
-
-def cache_dir() -> Path:
-    """Where corpora are kept: ``$TRANSFORMER_LIB_CACHE``, else ``$XDG_CACHE_HOME/transformer_lib``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "transformer_lib"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fetch(remote: RemoteFile, cache: Path | str | None = None, mirror: Path | str | None = None) -> Path:
     """Return the verified local path of ``remote``, copying or downloading it first if needed.
 
@@ -124,7 +107,7 @@ def fetch(remote: RemoteFile, cache: Path | str | None = None, mirror: Path | st
     cache = Path(cache) if cache is not None else cache_dir()
     target = cache / remote.folder / remote.name
     if target.is_file():
-        if _sha256(target) == remote.sha256:
+        if sha256_file(target) == remote.sha256:
             return target
         target.unlink()  # a stale or corrupted copy: fetch it again
     mirror = mirror if mirror is not None else os.environ.get(MIRROR_ENV) or None
@@ -142,7 +125,7 @@ def fetch(remote: RemoteFile, cache: Path | str | None = None, mirror: Path | st
             else:
                 with urllib.request.urlopen(remote.url, timeout=60) as response:
                     shutil.copyfileobj(response, out)
-        actual = _sha256(tmp)
+        actual = sha256_file(tmp)
         if actual != remote.sha256:
             raise DataError(
                 f"checksum mismatch for {remote.name} (from {source if mirror else remote.url}): "
@@ -188,38 +171,54 @@ def load_multi30k(
     return list(zip(src, tgt))
 
 
-def load_tatoeba(
-    split: str,
-    cache: Path | str | None = None,
-    valid_fraction: float = 0.05,
-    test_fraction: float = 0.05,
-    seed: int = 0,
-) -> list[tuple[str, str, str]]:
-    """Tatoeba Mandarin–English triples ``(chinese, english, attribution)`` of ``split``.
+@dataclass(frozen=True)
+class Corpus:
+    """A parallel corpus a training run can use: its languages, splits, and a loader of sentence pairs."""
 
-    The split is deterministic and made by *distinct English sentence*: all Chinese translations of
-    one English sentence fall in the same split, so no English sentence leaks between splits.
+    name: str
+    languages: tuple[str, str]
+    test_splits: tuple[str, ...]
+    load: Callable[[str, str, str], list[tuple[str, str]]]  # (split, src_lang, tgt_lang) -> pairs
+
+
+CORPORA: dict[str, Corpus] = {
+    "multi30k": Corpus(
+        "multi30k", ("de", "en"), tuple(s for s in MULTI30K_SPLITS if s.startswith("test")), load_multi30k
+    ),
+}
+
+
+def register_corpus(corpus: Corpus) -> Corpus:
+    """Make ``corpus`` usable by name in ``TrainConfig.dataset`` and ``load_pairs`` (later chapters add theirs)."""
+    CORPORA[corpus.name] = corpus
+    return corpus
+
+
+def load_pairs(dataset: str, split: str, src_lang: str, tgt_lang: str) -> list[tuple[str, str]]:
+    """``(source, target)`` sentence pairs of one split of a corpus in ``CORPORA``."""
+    if dataset not in CORPORA:
+        raise ValueError(f"unknown corpus {dataset!r}; known: {', '.join(sorted(CORPORA))}")
+    corpus = CORPORA[dataset]
+    if {src_lang, tgt_lang} != set(corpus.languages):
+        raise ValueError(
+            f"the {dataset} corpus translates between {' and '.join(map(repr, corpus.languages))}, "
+            f"got src_lang={src_lang!r}, tgt_lang={tgt_lang!r}"
+        )
+    return corpus.load(split, src_lang, tgt_lang)
+
+
+def use_shared_mirror() -> Path | None:
+    """Point ``TRANSFORMER_LIB_DATA_MIRROR`` at the offline corpora beside the repository, if they are there.
+
+    A checkout of the course sits next to ``shared/data`` (tests and CI use it); the notebooks call
+    this first, so they never touch the network there. Where no such folder exists (Colab), or a
+    mirror is already set, nothing changes and ``fetch`` downloads from the canonical URLs.
+    Returns the mirror in use, or ``None``.
     """
-    if split not in ("train", "val", "test"):
-        raise ValueError(f"unknown Tatoeba split {split!r}; choose 'train', 'val' or 'test'")
-    if not (0 <= valid_fraction < 1 and 0 <= test_fraction < 1 and valid_fraction + test_fraction < 1):
-        raise ValueError(f"bad split fractions: valid={valid_fraction}, test={test_fraction}")
-    path = fetch(TATOEBA_FILE, cache)
-    triples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 3:
-            raise DataError(f"{path.name} line {number}: expected 3 tab-separated fields, got {len(fields)}")
-        english, chinese, attribution = fields
-        triples.append((chinese, english, attribution))
-    english = sorted({t[1] for t in triples})
-    random.Random(seed).shuffle(english)
-    n_test, n_valid = round(len(english) * test_fraction), round(len(english) * valid_fraction)
-    chosen = {"test": english[:n_test], "val": english[n_test : n_test + n_valid], "train": english[n_test + n_valid :]}
-    keep = set(chosen[split])
-    return [t for t in triples if t[1] in keep]
+    shared = repo_root().parent / "shared" / "data"
+    if not os.environ.get(MIRROR_ENV) and shared.is_dir():
+        os.environ[MIRROR_ENV] = str(shared)
+    return Path(os.environ[MIRROR_ENV]) if os.environ.get(MIRROR_ENV) else None
 
 
 def token_batches(
@@ -233,8 +232,7 @@ def token_batches(
     padding, and every batch costs about the same. ``seed`` makes the order repeatable (pass a
     different one each epoch).
     """
-    if max_tokens <= 0:
-        raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+    check_positive_ints(max_tokens=max_tokens)
     rng = random.Random(seed)
     noise = [rng.random() if shuffle else 0.0 for _ in lengths]
     order = sorted(range(len(lengths)), key=lambda i: (max(lengths[i]), min(lengths[i]), noise[i]))
@@ -258,7 +256,7 @@ def token_batches(
 
 
 def collate(
-    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = 0, bos_id: int = 1, eos_id: int = 2
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pad a list of ``(source_ids, target_ids)`` into tensors for teacher forcing.
 

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from numbers import Integral, Real
+from numbers import Real
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .attention import scaled_dot_product_attention
+from .checks import check_positive_ints, check_token_id, check_token_ids
 from .decoder import DecoderLayer
 from .embeddings import LearnedPositionalEmbedding, PositionalEncoding
 from .masks import causal_mask
@@ -106,22 +105,8 @@ class KVCache:
 
 
 def _attend(attn: MultiHeadAttention, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None) -> Tensor:
-    """Attention of ``attn``'s heads for queries ``Q`` ``(batch, heads, 1, d_k)`` over ``K``, ``V``.
-
-    Mirrors ``MultiHeadAttention.forward`` after its projections (fused kernel or chapter 2's
-    function, a query with no visible key gets zeros), then mixes the heads with W_O:
-    returns ``(batch, 1, d_model)``.
-    """
-    if attn.fused:
-        has_key = None if mask is None else mask.any(dim=-1, keepdim=True)  # (..., 1, 1)
-        if has_key is not None:
-            mask = mask | ~has_key
-        out = F.scaled_dot_product_attention(Q, K, V, attn_mask=mask)  # (batch, heads, 1, d_k)
-        if has_key is not None:
-            out = out.masked_fill(~has_key, 0.0)
-    else:
-        out, _ = scaled_dot_product_attention(Q, K, V, mask)  # (batch, heads, 1, d_k)
-    return attn.W_O(merge_heads(out))  # (batch, 1, d_model)
+    """``attn``'s heads for queries ``Q`` ``(batch, heads, 1, d_k)`` over ``K``, ``V``, mixed by W_O: ``(batch, 1, d_model)``."""
+    return attn.W_O(merge_heads(attn.attend(Q, K, V, mask)))  # the same attention as in training (fused or not)
 
 
 def _layer_step(layer: DecoderLayer, i: int, x: Tensor, cache: KVCache, src_mask: Tensor | None) -> Tensor:
@@ -209,39 +194,29 @@ class _NextToken:
 # --------------------------------------------------------------------------- checks and helpers
 
 
-def _is_int(n: object) -> bool:
-    return isinstance(n, Integral) and not isinstance(n, bool)
-
-
 def _check_search_args(
     model: Transformer, src: Tensor, src_mask: Tensor | None, max_len: int, bos_id: int, eos_id: int, pad_id: int
 ) -> None:
     """Raise ``ValueError`` naming the first bad argument of a search."""
     if not isinstance(model, Transformer):
         raise ValueError(f"model must be a transformer_lib Transformer, got {type(model).__name__}")
-    if not isinstance(src, Tensor) or src.dim() != 2 or src.dtype.is_floating_point or src.dtype == torch.bool:
-        shape = tuple(src.shape) if isinstance(src, Tensor) else type(src).__name__
-        raise ValueError(f"src must be integer token ids of shape (batch, src_len), got {shape}")
-    if src.size(0) == 0 or src.size(1) == 0:
-        raise ValueError(f"src must have at least one sentence and one position, got shape {tuple(src.shape)}")
+    check_token_ids(src, "src")
+    if src.size(0) == 0:
+        raise ValueError(f"src must have at least one sentence, got shape {tuple(src.shape)}")
     if src_mask is not None and (not isinstance(src_mask, Tensor) or src_mask.dtype != torch.bool):
         raise ValueError("src_mask must be None or a boolean tensor (True = may attend), e.g. from padding_mask")
-    if not _is_int(max_len) or max_len <= 0:
-        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    check_positive_ints(max_len=max_len)
     positions = _position_table(model).size(0)
     if max_len > positions:
         raise ValueError(
             f"max_len={max_len} exceeds the {positions} target positions of the model (TransformerConfig.max_len)"
         )
-    vocab = model.config.tgt_vocab
     for name, token in (("bos_id", bos_id), ("eos_id", eos_id), ("pad_id", pad_id)):
-        if not _is_int(token) or not 0 <= token < vocab:
-            raise ValueError(f"{name} must be a token id in [0, tgt_vocab={vocab}), got {token!r}")
+        check_token_id(name, token, model.config.tgt_vocab)
 
 
 def _check_beam_args(beam_size: int, length_penalty: float) -> None:
-    if not _is_int(beam_size) or beam_size < 1:
-        raise ValueError(f"beam_size must be an integer >= 1, got {beam_size!r}")
+    check_positive_ints(beam_size=beam_size)
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, Real) or not 0.0 <= length_penalty < math.inf:
         raise ValueError(f"length_penalty (alpha) must be a finite number >= 0, got {length_penalty!r}")
 
@@ -354,27 +329,9 @@ def beam_search(
         ys = torch.full((batch * k, 1), bos_id, dtype=torch.long, device=device)  # (batch * k, 1)
         scores = torch.full((batch, k), -math.inf, device=device)  # (batch, k): log P of each live prefix
         scores[:, 0] = 0.0  # at the start only one beam is live, the others would duplicate it
-        best_score = torch.full((batch,), -math.inf, device=device)  # (batch,): best finished, normalised
-        best_tokens = torch.full((batch, max_len + 1), pad_id, dtype=torch.long, device=device)
-        best_len = torch.ones(batch, dtype=torch.long, device=device)  # (batch,): bos only so far
-        sentences = torch.arange(batch, device=device)  # (batch,)
-        ranks = torch.arange(2 * k, device=device)  # (2k,)
+        best = _BestHypotheses(batch, max_len, pad_id, device)  # the best finished hypothesis of each sentence
+        sentences, ranks = torch.arange(batch, device=device), torch.arange(2 * k, device=device)  # (batch,), (2k,)
         max_lp = gnmt_length_penalty(max_len, length_penalty)
-
-        def record(improved: Tensor, score: Tensor, prefixes: Tensor, last: int | None) -> None:
-            """Store ``prefixes`` ``(batch, t)`` (+ ``last``) as the best hypothesis where ``improved``."""
-            if not bool(improved.any()):
-                return
-            t = prefixes.size(1)
-            rows = best_tokens[improved]  # (n, max_len + 1)
-            rows.fill_(pad_id)
-            rows[:, :t] = prefixes[improved]
-            if last is not None:
-                rows[:, t] = last
-            best_tokens[improved] = rows
-            best_score[improved] = score[improved]
-            best_len[improved] = t + (last is not None)
-
         for step in range(1, max_len + 1):  # step = number of generated tokens after this step
             log_probs = next_log_probs(ys).view(batch, k, vocab)  # (batch, k, vocab)
             candidates = (scores[:, :, None] + log_probs).view(batch, k * vocab)  # (batch, k * vocab)
@@ -387,9 +344,8 @@ def beam_search(
             # 1. Finished: <eos> candidates among the k best, normalised by their length.
             finished = torch.where(is_eos & (ranks < k), top_scores / lp, -math.inf)  # (batch, 2k)
             fin_score, fin_rank = finished.max(dim=1)  # (batch,)
-            fin_beam = top_beam[sentences, fin_rank]  # (batch,)
-            prefixes = ys.view(batch, k, step)[sentences, fin_beam]  # (batch, step)
-            record(fin_score > best_score, fin_score, prefixes, eos_id)
+            prefixes = ys.view(batch, k, step)[sentences, top_beam[sentences, fin_rank]]  # (batch, step)
+            best.offer(fin_score, prefixes, eos_id)
 
             # 2. Live: the k best candidates that do not end in <eos> (stable sort keeps the ranking).
             keep = torch.sort(is_eos.to(torch.uint8), dim=1, stable=True).indices[:, :k]  # (batch, k)
@@ -400,14 +356,38 @@ def beam_search(
             next_log_probs.reorder(index)
 
             if step == max_len:  # out of length: the best live prefix is an unfinished hypothesis
-                cut = scores[:, 0] / lp  # (batch,)
-                record(cut > best_score, cut, ys.view(batch, k, step + 1)[:, 0], None)
+                best.offer(scores[:, 0] / lp, ys.view(batch, k, step + 1)[:, 0], None)
                 break
             # 3. Done when no live beam can catch up: its log P only falls, lp grows to lp(max_len) at most.
-            if bool((best_score >= scores[:, 0] / max_lp).all()):
+            if bool((best.score >= scores[:, 0] / max_lp).all()):
                 break
-    out = best_tokens[:, : int(best_len.max())]  # (batch, len)
-    return (out, best_score) if return_scores else out
+    out = best.tokens[:, : int(best.length.max())]  # (batch, len)
+    return (out, best.score) if return_scores else out
+
+
+class _BestHypotheses:
+    """The best hypothesis found so far for each of ``batch`` sentences: its tokens, score and length."""
+
+    def __init__(self, batch: int, max_len: int, pad_id: int, device: torch.device) -> None:
+        self.pad_id = pad_id
+        self.score = torch.full((batch,), -math.inf, device=device)  # (batch,): length-normalised log P
+        self.tokens = torch.full((batch, max_len + 1), pad_id, dtype=torch.long, device=device)
+        self.length = torch.ones(batch, dtype=torch.long, device=device)  # (batch,): <bos> only so far
+
+    def offer(self, score: Tensor, prefixes: Tensor, last: int | None) -> None:
+        """Keep ``prefixes`` ``(batch, t)`` (followed by ``last``) where ``score`` beats the best so far."""
+        improved = score > self.score  # (batch,)
+        if not bool(improved.any()):
+            return
+        t = prefixes.size(1)
+        rows = self.tokens[improved]  # (n, max_len + 1)
+        rows.fill_(self.pad_id)
+        rows[:, :t] = prefixes[improved]
+        if last is not None:
+            rows[:, t] = last
+        self.tokens[improved] = rows
+        self.score[improved] = score[improved]
+        self.length[improved] = t + (last is not None)
 
 
 # --------------------------------------------------------------------------- scoring and wiring

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .encoder import PositionwiseFeedForward, SublayerConnection, _check_layer_config
+from .checks import check_layer_config, check_positive_ints
+from .encoder import PositionwiseFeedForward, SublayerConnection
 from .multihead import MultiHeadAttention
 
 __all__ = ["DecoderLayer", "Decoder"]
@@ -32,7 +33,7 @@ class DecoderLayer(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        _check_layer_config(d_model, num_heads, d_ff, dropout)
+        check_layer_config(d_model, num_heads, d_ff, dropout, layer_norm_eps)
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, fused=fused)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, fused=fused)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
@@ -69,8 +70,7 @@ class Decoder(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        if N <= 0:
-            raise ValueError(f"N (number of layers) must be positive, got {N}")
+        check_positive_ints(N=N)
         self.layers = nn.ModuleList(
             [DecoderLayer(d_model, num_heads, d_ff, dropout, norm_first, layer_norm_eps, fused) for _ in range(N)]
         )

@@ -15,32 +15,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_ints, check_token_ids, check_vectors
+
 __all__ = ["Embeddings", "sinusoidal_positional_encoding", "PositionalEncoding", "LearnedPositionalEmbedding"]
-
-
-def _check_positive_ints(**sizes: int) -> None:
-    """Raise ``ValueError`` naming every size that is not a positive integer."""
-    for name, n in sizes.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {n!r}")
-
-
-def _compiling() -> bool:
-    """True while torch.compile traces the code (then data-dependent checks would break the graph)."""
-    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
-    return bool(is_compiling()) if is_compiling is not None else bool(torch._dynamo.is_compiling())
-
-
-def _check_vectors(x: Tensor, d_model: int) -> None:
-    """Inputs of the positional modules: floating-point ``(batch, len, d_model)``."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"expected a tensor of shape (batch, len, d_model={d_model}), got {type(x).__name__}")
-    if x.dim() != 3 or x.size(-1) != d_model:
-        raise ValueError(f"expected input of shape (batch, len, d_model={d_model}), got {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise ValueError(
-            f"expected floating-point vectors, got dtype {x.dtype}; embed token ids with `Embeddings` first"
-        )
 
 
 class Embeddings(nn.Module):
@@ -52,7 +29,7 @@ class Embeddings(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int, padding_idx: int | None = None) -> None:
         super().__init__()
-        _check_positive_ints(vocab_size=vocab_size, d_model=d_model)
+        check_positive_ints(vocab_size=vocab_size, d_model=d_model)
         if padding_idx is not None and not -vocab_size <= padding_idx < vocab_size:
             raise ValueError(f"padding_idx={padding_idx} is outside the vocabulary of size vocab_size={vocab_size}")
         self.lut = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
@@ -60,21 +37,7 @@ class Embeddings(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Look up and scale: ``(batch, len)`` -> ``(batch, len, d_model)``."""
-        if not isinstance(tokens, Tensor):
-            raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
-        if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-        if tokens.dim() != 2:
-            raise ValueError(f"tokens must have shape (batch, len), got shape {tuple(tokens.shape)}")
-        # The range check reads min/max back to the host: free on the CPU, but on a GPU it would stall the
-        # device at every call, and under torch.compile it would break the graph. There, nn.Embedding's own
-        # bounds check (an IndexError on the CPU, a device-side assert on CUDA) is left to catch bad ids.
-        if tokens.numel() > 0 and tokens.device.type == "cpu" and not _compiling():
-            if tokens.min() < 0 or tokens.max() >= self.vocab_size:
-                raise ValueError(
-                    f"token ids must lie in [0, vocab_size={self.vocab_size}), "
-                    f"got ids from {int(tokens.min())} to {int(tokens.max())}"
-                )
+        check_token_ids(tokens, vocab_size=self.vocab_size)
         return self.lut(tokens) * math.sqrt(self.d_model)  # (batch, len, d_model)
 
 
@@ -84,7 +47,7 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int) -> Tensor:
     Row ``pos`` is the encoding of position ``pos``; column pair (2i, 2i+1) is a sine and a cosine
     of the same frequency 1 / 10000^(2i / d_model). Computed in float64, returned as float32.
     """
-    _check_positive_ints(max_len=max_len, d_model=d_model)
+    check_positive_ints(max_len=max_len, d_model=d_model)
     position = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model/2),): the even indices 2i
     angle = position / 10000.0 ** (two_i / d_model)  # (max_len, ceil(d_model/2))
@@ -110,7 +73,7 @@ class PositionalEncoding(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, len, d_model)`` -> same shape, with position information added."""
         max_len, d_model = self.pe.shape
-        _check_vectors(x, d_model)
+        check_vectors(x, d_model)
         if x.size(1) > max_len:
             raise ValueError(
                 f"sequence length {x.size(1)} exceeds max_len={max_len} of the positional encoding; "
@@ -128,14 +91,14 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, d_model: int, max_len: int = 512, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_positive_ints(d_model=d_model, max_len=max_len)
+        check_positive_ints(d_model=d_model, max_len=max_len)
         self.pos = nn.Embedding(max_len, d_model)
         self.dropout = nn.Dropout(dropout)
         self.max_len, self.d_model = max_len, d_model
 
     def forward(self, x: Tensor) -> Tensor:
         """``(batch, len, d_model)`` -> same shape, with a learned position vector added."""
-        _check_vectors(x, self.d_model)
+        check_vectors(x, self.d_model)
         if x.size(1) > self.max_len:
             raise ValueError(
                 f"sequence length {x.size(1)} exceeds max_len={self.max_len} of the learned positions; "

@@ -12,24 +12,10 @@ from typing import Callable
 
 from torch import Tensor, nn
 
+from .checks import check_fraction, check_layer_config, check_positive, check_positive_ints
 from .multihead import MultiHeadAttention
 
 __all__ = ["PositionwiseFeedForward", "SublayerConnection", "EncoderLayer", "Encoder"]
-
-
-def _is_positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _check_positive_ints(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not _is_positive_int(value):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_dropout(dropout: float) -> None:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
 
 
 class PositionwiseFeedForward(nn.Module):
@@ -37,8 +23,8 @@ class PositionwiseFeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, dropout: float = 0.1) -> None:
         super().__init__()
-        _check_positive_ints(d_model=d_model, d_ff=d_ff)
-        _check_dropout(dropout)
+        check_positive_ints(d_model=d_model, d_ff=d_ff)
+        check_fraction(dropout=dropout)
         self.w_1 = nn.Linear(d_model, d_ff)
         self.w_2 = nn.Linear(d_ff, d_model)
         self.dropout = nn.Dropout(dropout)
@@ -53,6 +39,7 @@ class SublayerConnection(nn.Module):
 
     def __init__(self, d_model: int, dropout: float = 0.1, norm_first: bool = False, eps: float = 1e-5) -> None:
         super().__init__()
+        check_positive(eps=eps)
         self.norm = nn.LayerNorm(d_model, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.norm_first = norm_first
@@ -62,14 +49,6 @@ class SublayerConnection(nn.Module):
         if self.norm_first:
             return x + self.dropout(sublayer(self.norm(x)))  # pre-LN
         return self.norm(x + self.dropout(sublayer(x)))  # post-LN, as in the paper
-
-
-def _check_layer_config(d_model: int, num_heads: int, d_ff: int, dropout: float) -> None:
-    """Raise ``ValueError`` naming the bad size before any weight is built (shared with the decoder)."""
-    _check_positive_ints(d_model=d_model, num_heads=num_heads, d_ff=d_ff)
-    if d_model % num_heads != 0:
-        raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}")
-    _check_dropout(dropout)
 
 
 class EncoderLayer(nn.Module):
@@ -86,7 +65,7 @@ class EncoderLayer(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        _check_layer_config(d_model, num_heads, d_ff, dropout)
+        check_layer_config(d_model, num_heads, d_ff, dropout, layer_norm_eps)
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, fused=fused)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout)
         self.sublayer = nn.ModuleList(
@@ -119,8 +98,7 @@ class Encoder(nn.Module):
         fused: bool = False,
     ) -> None:
         super().__init__()
-        if not _is_positive_int(N):
-            raise ValueError(f"N (number of layers) must be a positive integer, got {N!r}")
+        check_positive_ints(N=N)
         self.layers = nn.ModuleList(
             [EncoderLayer(d_model, num_heads, d_ff, dropout, norm_first, layer_norm_eps, fused) for _ in range(N)]
         )

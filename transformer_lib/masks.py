@@ -12,30 +12,17 @@ The decoder's self-attention uses both at once (``target_mask``).
 
 from __future__ import annotations
 
-from numbers import Integral
-
 import torch
 from torch import Tensor
+
+from .checks import check_positive_ints, check_token_ids, is_int
 
 __all__ = ["padding_mask", "causal_mask", "target_mask"]
 
 
-def _is_int(n: object) -> bool:
-    """True for Python and NumPy integers; False for bools (``True`` is an ``int`` in Python)."""
-    return isinstance(n, Integral) and not isinstance(n, bool)
-
-
 def _check_tokens(tokens: Tensor, pad_id: int) -> None:
-    """Raise ``ValueError`` naming the problem when ``tokens`` / ``pad_id`` are not usable ids."""
-    if not isinstance(tokens, Tensor):
-        raise ValueError(f"tokens must be a tensor of token ids, got {type(tokens).__name__}")
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must have shape (batch, seq_len), got shape {tuple(tokens.shape)}")
-    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
-        raise ValueError(f"tokens must hold integer token ids, got dtype {tokens.dtype}")
-    if tokens.size(1) == 0:
-        raise ValueError(f"tokens must have at least one position (seq_len >= 1), got shape {tuple(tokens.shape)}")
-    if not _is_int(pad_id):
+    check_token_ids(tokens, lookup=False)
+    if not is_int(pad_id):
         raise ValueError(f"pad_id must be an integer token id, got {pad_id!r}")
 
 
@@ -56,8 +43,7 @@ def causal_mask(size: int, device: torch.device | str | None = None) -> Tensor:
 
     The same for every sentence and head, so it broadcasts to ``(batch, heads, size, size)``.
     """
-    if not _is_int(size) or size <= 0:
-        raise ValueError(f"size must be a positive integer, got {size!r}")
+    check_positive_ints(size=size)
     size = int(size)
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()  # (q_len, k_len)
 

@@ -20,6 +20,15 @@ from torch import Tensor, nn
 from .decoder import Decoder
 from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding
 from .encoder import Encoder
+from .checks import (
+    check_choice,
+    check_divisible,
+    check_fraction,
+    check_positive,
+    check_positive_ints,
+    check_token_id,
+    check_token_ids,
+)
 from .masks import causal_mask
 
 __all__ = ["TransformerConfig", "Generator", "Transformer", "make_model", "greedy_decode"]
@@ -45,21 +54,17 @@ class TransformerConfig:
     fused: bool = False  # PyTorch's fused attention kernel instead of chapter 2's function
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab", "tgt_vocab", "N", "d_model", "d_ff", "h", "max_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.h != 0:
-            raise ValueError(f"d_model={self.d_model} must be divisible by h={self.h}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_positive_ints(src_vocab=self.src_vocab, tgt_vocab=self.tgt_vocab, N=self.N, d_ff=self.d_ff)
+        check_positive_ints(max_len=self.max_len)
+        check_divisible(self.d_model, self.h, "h")
+        check_fraction(dropout=self.dropout)
+        check_positive(layer_norm_eps=self.layer_norm_eps)
+        check_choice("positional", self.positional, ("sinusoidal", "learned"))
         if self.share_embeddings and self.src_vocab != self.tgt_vocab:
             raise ValueError(
                 f"share_embeddings needs one shared vocabulary, got src_vocab={self.src_vocab} "
                 f"and tgt_vocab={self.tgt_vocab}"
             )
-        if self.positional not in ("sinusoidal", "learned"):
-            raise ValueError(f"positional must be 'sinusoidal' or 'learned', got {self.positional!r}")
 
 
 class Generator(nn.Module):
@@ -112,9 +117,8 @@ class Transformer(nn.Module):
         self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
     ) -> Tensor:
         """Teacher-forced pass: log-probabilities ``(batch, tgt_len, tgt_vocab)`` of the next tokens."""
-        for name, t in (("src", src), ("tgt", tgt)):
-            if t.dim() != 2 or t.dtype.is_floating_point:
-                raise ValueError(f"{name} must be integer token ids of shape (batch, len), got {tuple(t.shape)} {t.dtype}")
+        check_token_ids(src, "src")
+        check_token_ids(tgt, "tgt")
         if src.size(0) != tgt.size(0):
             raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
         memory = self.encode(src, src_mask)  # (batch, src_len, d_model)
@@ -161,8 +165,7 @@ def greedy_decode(
     when every sentence has finished. The model runs in eval mode (no dropout) and is put back
     into the mode it was in.
     """
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    _check_decode_args(model, src, max_len, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     was_training = model.training
     model.eval()  # dropout would make the "most probable" token random
     try:
@@ -183,3 +186,16 @@ def greedy_decode(
     finally:
         model.train(was_training)
     return ys
+
+
+def _check_decode_args(model: nn.Module, src: Tensor, max_len: int, **ids: int | None) -> None:
+    """Arguments of ``greedy_decode``: checked before the first step, not when decoding runs out of positions."""
+    check_positive_ints(max_len=max_len)
+    check_token_ids(src, "src")
+    config = getattr(model, "config", None)  # a TransformerConfig; other models are taken as they are
+    if isinstance(config, TransformerConfig):
+        if max_len > config.max_len:  # step max_len feeds position max_len - 1 to the decoder
+            raise ValueError(f"max_len={max_len} exceeds the model's {config.max_len} target positions (max_len)")
+        for name, token in ids.items():
+            if token is not None:
+                check_token_id(name, token, config.tgt_vocab)

@@ -15,32 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .checks import check_positive_ints, check_token_id, check_token_ids
 from .utils import BOS_ID, EOS_ID, PAD_ID
 
 __all__ = ["RNNEncoder", "AdditiveAttention", "RNNDecoder", "Seq2Seq", "make_seq2seq"]
-
-
-def _check_positive(**sizes: int) -> None:
-    """Raise ``ValueError`` unless every given size is a positive integer."""
-    for name, n in sizes.items():
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {n!r}")
-
-
-def _check_id(name: str, token_id: int, vocab_size: int) -> None:
-    """Raise ``ValueError`` unless ``token_id`` is an id of the vocabulary."""
-    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
-        raise ValueError(f"{name} must be an integer in [0, vocab_size={vocab_size}), got {token_id!r}")
-
-
-def _check_tokens(name: str, tokens: Tensor, vocab_size: int) -> None:
-    """Raise ``ValueError`` unless ``tokens`` is ``(batch, len)``, both >= 1, of ids in ``[0, vocab_size)``."""
-    if tokens.dim() != 2 or tokens.size(0) == 0 or tokens.size(1) == 0:
-        raise ValueError(f"{name} must have shape (batch, len) with batch, len >= 1, got {tuple(tokens.shape)}")
-    if tokens.dtype not in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-    if bool((tokens < 0).any()) or bool((tokens >= vocab_size).any()):
-        raise ValueError(f"{name} holds ids outside the vocabulary [0, {vocab_size})")
 
 
 class RNNEncoder(nn.Module):
@@ -48,8 +26,8 @@ class RNNEncoder(nn.Module):
 
     def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, pad_id: int = PAD_ID) -> None:
         super().__init__()
-        _check_positive(vocab_size=vocab_size, emb_dim=emb_dim, hidden_dim=hidden_dim)
-        _check_id("pad_id", pad_id, vocab_size)
+        check_positive_ints(vocab_size=vocab_size, emb_dim=emb_dim, hidden_dim=hidden_dim)
+        check_token_id("pad_id", pad_id, vocab_size)
         self.vocab_size, self.hidden_dim, self.pad_id = vocab_size, hidden_dim, pad_id
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=pad_id)
         self.gru = nn.GRU(emb_dim, hidden_dim, batch_first=True)
@@ -61,7 +39,7 @@ class RNNEncoder(nn.Module):
         state right after each row's last real token (the GRU only looks left, so trailing padding
         never reaches it).
         """
-        _check_tokens("src", src, self.vocab_size)
+        check_token_ids(src, "src", self.vocab_size)
         lengths = (src != self.pad_id).sum(dim=1)  # (batch,)
         if bool((lengths == 0).any()):
             raise ValueError("every src row needs at least one non-padding token")
@@ -76,7 +54,7 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, hidden_dim: int) -> None:
         super().__init__()
-        _check_positive(hidden_dim=hidden_dim)
+        check_positive_ints(hidden_dim=hidden_dim)
         self.hidden_dim = hidden_dim
         self.W = nn.Linear(hidden_dim, hidden_dim, bias=False)  # applied to the decoder state s
         self.U = nn.Linear(hidden_dim, hidden_dim)  # applied to every encoder output h_j
@@ -131,8 +109,8 @@ class RNNDecoder(nn.Module):
         self, vocab_size: int, emb_dim: int, hidden_dim: int, attention: bool = True, pad_id: int = PAD_ID
     ) -> None:
         super().__init__()
-        _check_positive(vocab_size=vocab_size, emb_dim=emb_dim, hidden_dim=hidden_dim)
-        _check_id("pad_id", pad_id, vocab_size)
+        check_positive_ints(vocab_size=vocab_size, emb_dim=emb_dim, hidden_dim=hidden_dim)
+        check_token_id("pad_id", pad_id, vocab_size)
         if not isinstance(attention, bool):
             raise ValueError(f"attention must be True or False, got {attention!r}")
         self.vocab_size, self.hidden_dim = vocab_size, hidden_dim
@@ -176,7 +154,7 @@ class RNNDecoder(nn.Module):
         ``logits`` is ``(batch, tgt_len, vocab)``; ``weights`` ``(batch, tgt_len, src_len)`` with
         attention, else ``None``. ``hidden`` ``(batch, hidden)`` is the initial state.
         """
-        _check_tokens("tgt_in", tgt_in, self.vocab_size)
+        check_token_ids(tgt_in, "tgt_in", self.vocab_size)
         if hidden.shape != (tgt_in.size(0), self.hidden_dim):
             raise ValueError(
                 f"hidden must have shape (batch={tgt_in.size(0)}, hidden={self.hidden_dim}), got {tuple(hidden.shape)}"
@@ -226,9 +204,9 @@ class Seq2Seq(nn.Module):
         Returns ``(batch, max_len)`` ids without the leading <bos>; after a row's <eos> the rest is
         padding. With attention, ``self.attn_weights`` then holds ``(batch, max_len, src_len)``.
         """
-        _check_positive(max_len=max_len)
-        _check_id("bos_id", bos_id, self.decoder.vocab_size)
-        _check_id("eos_id", eos_id, self.decoder.vocab_size)
+        check_positive_ints(max_len=max_len)
+        check_token_id("bos_id", bos_id, self.decoder.vocab_size)
+        check_token_id("eos_id", eos_id, self.decoder.vocab_size)
         enc_outputs, hidden = self.encoder(src)  # (batch, src_len, hidden), (batch, hidden)
         src_mask = src != self.encoder.pad_id  # (batch, src_len)
         batch, pad = src.size(0), self.encoder.pad_id

@@ -13,11 +13,12 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from .utils import write_atomic
+from .utils import BOS_ID, EOS_ID, PAD_ID, write_atomic
 
-__all__ = ["Tokenizer", "train_tokenizer"]
+__all__ = ["UNK_ID", "Tokenizer", "train_tokenizer"]
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
+UNK_ID = 3  # after the course's <pad> = 0, <bos> = 1, <eos> = 2 (utils)
+PAD, BOS, EOS, UNK = PAD_ID, BOS_ID, EOS_ID, UNK_ID
 
 
 def _spm():

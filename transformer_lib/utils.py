@@ -1,20 +1,24 @@
 """The course's small toolkit (introduced in chapter 1, used by every chapter).
 
 Nothing here is part of the Transformer itself: seeding, timing, showing library source in a
-notebook, the toy sequence tasks that chapters 1 and 7 train on, and one plotting style for all
-figures.
+notebook, the toy sequence tasks that chapters 1 and 7 train on, one plotting style for all
+figures, and the file plumbing every later chapter shares (an atomic writer, a checksum, the
+cache directory, and the repository's own files — results, released checkpoints — on Colab).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import random
-import tempfile
+import shutil
 import statistics
+import tempfile
 import time
+import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import Tensor
@@ -28,7 +32,14 @@ __all__ = [
     "EOS_ID",
     "FIRST_SYMBOL_ID",
     "set_seed",
+    "resolve_device",
     "write_atomic",
+    "remove_stale_parts",
+    "sha256_file",
+    "cache_dir",
+    "REPOSITORY",
+    "repo_root",
+    "repo_file",
     "time_it",
     "show_source",
     "make_sequence_task",
@@ -40,20 +51,31 @@ PAD_ID, BOS_ID, EOS_ID, FIRST_SYMBOL_ID = 0, 1, 2, 3
 
 
 
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` (text is UTF-8 encoded, newlines kept as they are) to ``path`` atomically.
+# Where the corpora and downloaded repository files are kept (see ``cache_dir``).
+CACHE_ENV = "TRANSFORMER_LIB_CACHE"
+# The course repository on GitHub (the same as _config.yml's repository.url) and its published branch.
+REPOSITORY = "transformer-course/transformer-chapter-by-chapter"
+BRANCH = "main"
 
-    The bytes go to a temporary file beside ``path``, reach the disk (fsync) and are renamed into
-    place, so readers see the old file or the whole new one, never half of it; a failed write leaves
-    no temporary file. The file is readable by everyone (0o644). Returns ``path``.
+
+def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes]], Any]) -> Path:
+    """Write ``data`` to ``path`` atomically: readers see the old file or the whole new one, never half of it.
+
+    ``data`` is text (UTF-8 encoded, newlines kept as they are), bytes, or a function that writes
+    to the binary file it is given (``lambda f: torch.save(obj, f)`` streams a checkpoint). The
+    bytes go to a temporary file beside ``path``, reach the disk (fsync) and are renamed into
+    place; a failed write leaves no temporary file. The file is readable by everyone (0o644).
+    Returns ``path``.
     """
     path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private
@@ -61,6 +83,73 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def remove_stale_parts(folder: str | os.PathLike, name: str = "*") -> list[Path]:
+    """Delete the temporary files ``write_atomic`` left in ``folder`` (for ``name``) when a process was killed mid-write."""
+    stale = sorted(Path(folder).glob(f".{name}.*.part"))
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return stale
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, as 64 hexadecimal digits (read in 1 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where corpora and downloads are kept: ``$TRANSFORMER_LIB_CACHE``, else ``$XDG_CACHE_HOME/transformer_lib``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "transformer_lib"
+
+
+def repo_root() -> Path:
+    """The folder above the package: the repository, when the library is installed from a checkout."""
+    return Path(__file__).resolve().parent.parent
+
+
+def repo_file(relative: str) -> Path:
+    """A file of the course repository, e.g. ``repo_file("release/multi30k_de_en.pt")``.
+
+    In a checkout (locally, in CI) this is the file itself. Where only the library is installed
+    (Colab), the file is downloaded once from the repository on GitHub into
+    ``cache_dir() / "repository"`` (atomically: a broken download leaves nothing) and that copy is
+    returned.
+    """
+    local = repo_root() / relative
+    if local.is_file():
+        return local
+    cached = cache_dir() / "repository" / relative
+    if not cached.is_file():
+        url = f"https://raw.githubusercontent.com/{REPOSITORY}/{BRANCH}/{relative}"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                write_atomic(cached, lambda f: shutil.copyfileobj(response, f))
+        except OSError as e:
+            raise FileNotFoundError(f"{relative} is not in this checkout and could not be downloaded from {url}: {e}")
+    return cached
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as a ``torch.device`` this PyTorch can use (default: CUDA if there is a GPU), or a one-line error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {str(device)!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but this PyTorch sees no CUDA GPU; use cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} was asked for, but MPS is not available here; use cpu")
+    return device
 
 
 def set_seed(seed: int) -> None:
