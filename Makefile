@@ -10,7 +10,7 @@ JB_FLAGS := -W -n --keep-going
 # --dist loadscope keeps all cells of one notebook on one worker (nbval needs that).
 PYTEST_FLAGS := -p no:cacheprovider --nbval-lax -n 2 --dist loadscope
 
-.PHONY: book test install clean system-deps vendor
+.PHONY: book test lint install clean system-deps vendor
 
 # The environment: a local venv, torch pinned for this install (the package itself only asks torch>=2.2).
 $(STAMP): pyproject.toml
@@ -46,8 +46,13 @@ system-deps:
 vendor:
 	book/vendor.sh
 
+# Lint and format checks (ruff, configured in pyproject.toml; `$(BIN)/ruff format .` applies the format).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 # Two pytest workers on two cores: one math thread each (and in each notebook kernel), not two.
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters exercises/[0-9]*.ipynb
 
 clean:

@@ -18,7 +18,7 @@ atomically after every run, so an interrupted sweep keeps what it finished; runn
 command again skips the finished runs and resumes an interrupted one from its checkpoint.
 
     OMP_NUM_THREADS=1 python benchmarks/ablations.py                 # the committed CPU sweep
-    OMP_NUM_THREADS=1 python benchmarks/ablations.py --quick         # a few steps per run, a smoke test (runs/, not results/)
+    OMP_NUM_THREADS=1 python benchmarks/ablations.py --quick         # a smoke test: a few steps per run, into runs/
     python benchmarks/ablations.py --device cuda --preset gpu --out results/ablations_cuda.json
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import shlex
 import sys
 import time
@@ -48,22 +47,53 @@ ROOT = Path(__file__).resolve().parent.parent
 # Small models for a CPU core; "gpu" is a bigger model for a lent GPU.
 BASES = {
     "cpu": TrainConfig(
-        name="ablation", vocab_size=4000, N=3, d_model=128, d_ff=512, h=4, dropout=0.1, max_tokens=1500,
-        warmup=200, lr_factor=0.6, max_steps=1200, log_every=10, eval_every=240, save_every=240,
-        keep_checkpoints=1, norm_first=True,
-    ),  # fmt: skip
+        name="ablation",
+        vocab_size=4000,
+        N=3,
+        d_model=128,
+        d_ff=512,
+        h=4,
+        dropout=0.1,
+        max_tokens=1500,
+        warmup=200,
+        lr_factor=0.6,
+        max_steps=1200,
+        log_every=10,
+        eval_every=240,
+        save_every=240,
+        keep_checkpoints=1,
+        norm_first=True,
+    ),
     "gpu": TrainConfig(
-        name="ablation", vocab_size=8000, N=3, d_model=512, d_ff=2048, h=8, dropout=0.1, max_tokens=8192,
-        warmup=1000, lr_factor=1.0, max_steps=6000, log_every=20, eval_every=1000, save_every=1000,
-        keep_checkpoints=1, norm_first=True,
-    ),  # fmt: skip
+        name="ablation",
+        vocab_size=8000,
+        N=3,
+        d_model=512,
+        d_ff=2048,
+        h=8,
+        dropout=0.1,
+        max_tokens=8192,
+        warmup=1000,
+        lr_factor=1.0,
+        max_steps=6000,
+        log_every=20,
+        eval_every=1000,
+        save_every=1000,
+        keep_checkpoints=1,
+        norm_first=True,
+    ),
 }
+
 
 def read_log(out: Path) -> list[dict]:
     import json
 
     path = out / "log.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    return (
+        [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if path.is_file()
+        else []
+    )
 
 
 def run_one(name: str, config: TrainConfig, runs_dir: Path, device: str, test_pairs: list, bleu_batch: int) -> dict:
@@ -85,8 +115,12 @@ def run_one(name: str, config: TrainConfig, runs_dir: Path, device: str, test_pa
         losses = [r["loss"] for r in steps for _ in range(config.log_every)]
     evals = [r for r in log if r.get("event") == "eval"]
     record = {
-        "name": name, "description": ABLATIONS[name][0], "changes": ABLATIONS[name][1],
-        "steps": steps[-1]["step"] if steps else 0, "diverged": diverged is not None, "diverged_reason": diverged,
+        "name": name,
+        "description": ABLATIONS[name][0],
+        "changes": ABLATIONS[name][1],
+        "steps": steps[-1]["step"] if steps else 0,
+        "diverged": diverged is not None,
+        "diverged_reason": diverged,
         "train_loss_last_100": round(sum(losses[-100:]) / max(len(losses[-100:]), 1), 4) if losses else None,
         "val_loss_final": round(evals[-1]["val_loss"], 4) if evals else None,
         "val_loss_min": round(min(r["val_loss"] for r in evals), 4) if evals else None,
@@ -94,17 +128,22 @@ def run_one(name: str, config: TrainConfig, runs_dir: Path, device: str, test_pa
         "train_loss_curve": [[r["step"], round(r["loss"], 4)] for r in steps],
         **stability(losses, log, config.clip_norm),
         "train_seconds": round(time.perf_counter() - start, 1),
-    }  # fmt: skip
+    }
     checkpoint = out / "checkpoint_last.pt"
     if checkpoint.is_file():
         model, src_tok, tgt_tok = load_translator(checkpoint, device)
         t0 = time.perf_counter()
-        hyps = translate(model, src_tok, tgt_tok, [de for de, _ in test_pairs], batch_size=bleu_batch,
-                         decoder=make_decoder("greedy"))  # fmt: skip
+        hyps = translate(
+            model, src_tok, tgt_tok, [de for de, _ in test_pairs], batch_size=bleu_batch, decoder=make_decoder("greedy")
+        )
         scores = corpus_scores(hyps, [en for _, en in test_pairs])
-        record.update(bleu=round(scores["bleu"], 2), chrf=round(scores["chrf"], 2),
-                      bleu_signature=scores["bleu_signature"], bleu_seconds=round(time.perf_counter() - t0, 1),
-                      scored_step=int(read_checkpoint(checkpoint, ("step",))["step"]))  # fmt: skip
+        record.update(
+            bleu=round(scores["bleu"], 2),
+            chrf=round(scores["chrf"], 2),
+            bleu_signature=scores["bleu_signature"],
+            bleu_seconds=round(time.perf_counter() - t0, 1),
+            scored_step=int(read_checkpoint(checkpoint, ("step",))["step"]),
+        )
     else:
         record.update(bleu=None, chrf=None, bleu_signature=None, scored_step=None)
     return record
@@ -117,12 +156,15 @@ def markdown_table(results: dict) -> str:
         bleu = "—" if r["bleu"] is None else f"{r['bleu']:.2f}"
         rows.append(
             f"| {r['name']} | {r['description']} | {bleu} | {r['val_loss_min']} | {r['val_loss_final']} | "
-            f"{'yes' if r['diverged'] else 'no'} | {r['max_loss_rise']:.3f} | {r['spike_steps']} | {r['grad_norm_max']} |"
+            f"{'yes' if r['diverged'] else 'no'} | {r['max_loss_rise']:.3f} | {r['spike_steps']} | "
+            f"{r['grad_norm_max']} |"
         )
     head = (
-        f"Ablations, {results['base']['d_model']}-d model, {results['steps']} steps of ~{results['base']['max_tokens']} "
+        f"Ablations, {results['base']['d_model']}-d model, {results['steps']} steps of "
+        f"~{results['base']['max_tokens']} "
         f"tokens, peak lr {results['peak_lr']:.2e}; greedy sacreBLEU on test_2016_flickr ({results['device']}).\n\n"
-        "| run | change | BLEU | min val loss | final val loss | diverged | max loss rise (nats) | spike steps | max grad norm |\n"
+        "| run | change | BLEU | min val loss | final val loss | diverged | max loss rise (nats) | spike steps "
+        "| max grad norm |\n"
         "|---|---|---|---|---|---|---|---|---|"
     )
     return head + "\n" + "\n".join(rows) + "\n"
@@ -142,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     base = BASES[args.preset]
     steps = args.steps or (20 if args.quick else base.max_steps)
     every = max(steps // 5, 1)
-    base = dataclasses.replace(base, max_steps=steps, eval_every=every, save_every=every,
-                               log_every=min(base.log_every, steps))  # fmt: skip
+    base = dataclasses.replace(
+        base, max_steps=steps, eval_every=every, save_every=every, log_every=min(base.log_every, steps)
+    )
     names = args.only.split(",") if args.only else list(ABLATIONS)
     unknown = [n for n in names if n not in ABLATIONS]
     if unknown:
@@ -156,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     test_pairs = load_multi30k("test_2016_flickr")[: 300 if args.quick else None]
     peak = noam_lr(base.warmup, base.d_model, base.warmup, base.lr_factor)
     results = results_header(
-        args.device, "python benchmarks/ablations.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        base=dataclasses.asdict(base), steps=steps, peak_lr=peak, test_split="test_2016_flickr",
-        test_sentences=len(test_pairs), decoding="greedy (key/value cache), max length source + 50",
+        args.device,
+        "python benchmarks/ablations.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        base=dataclasses.asdict(base),
+        steps=steps,
+        peak_lr=peak,
+        test_split="test_2016_flickr",
+        test_sentences=len(test_pairs),
+        decoding="greedy (key/value cache), max length source + 50",
         stability_definition=(
             f"max_loss_rise: largest rise (nats) of the {SMOOTH}-step moving average of the training loss above its "
             f"minimum so far; spike_steps: steps where that rise exceeded {SPIKE_NATS} nats; grad_norm_max: largest "
@@ -166,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             "clip_norm; diverged: the loss or gradient norm became NaN/inf (training stops)"
         ),
         runs=[],
-    )  # fmt: skip
+    )
     if out.is_file():  # keep the finished runs of an interrupted sweep with the same settings
         import json
 
@@ -185,9 +233,21 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"].sort(key=lambda r: list(ABLATIONS).index(r["name"]))
         write_json_atomic(results, out)
         write_atomic(out.with_suffix(".md"), markdown_table(results))
-        print(f"  BLEU {record['bleu']}, min val loss {record['val_loss_min']}, diverged {record['diverged']}, "
-              f"max loss rise {record['max_loss_rise']}, {record['train_seconds']:.0f} s", flush=True)  # fmt: skip
-    columns = ["name", "bleu", "val_loss_min", "val_loss_final", "diverged", "max_loss_rise", "spike_steps", "grad_norm_max"]
+        print(
+            f"  BLEU {record['bleu']}, min val loss {record['val_loss_min']}, diverged {record['diverged']}, "
+            f"max loss rise {record['max_loss_rise']}, {record['train_seconds']:.0f} s",
+            flush=True,
+        )
+    columns = [
+        "name",
+        "bleu",
+        "val_loss_min",
+        "val_loss_final",
+        "diverged",
+        "max_loss_rise",
+        "spike_steps",
+        "grad_norm_max",
+    ]
     print(format_table(results["runs"], columns))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0

@@ -76,8 +76,16 @@ def measure(impl: str, batch: int, n: int, dtype: torch.dtype, device: torch.dev
     timing = benchmark(step, repeat=repeat, warmup=1, device=device, clock=clock)
     peak, method = peak_memory(step, device)
     scores = batch * HEADS * n * n * torch.finfo(dtype).bits // 8  # one (batch, heads, n, n) matrix
-    return {**row, "supported": True, "ms": 1000 * timing.median, "spread": timing.spread, "peak_bytes": peak,
-            "score_matrix_bytes": scores, "peak_over_scores": peak / scores, "memory_method": method}  # fmt: skip
+    return {
+        **row,
+        "supported": True,
+        "ms": 1000 * timing.median,
+        "spread": timing.spread,
+        "peak_bytes": peak,
+        "score_matrix_bytes": scores,
+        "peak_over_scores": peak / scores,
+        "memory_method": method,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,14 +106,30 @@ def main(argv: list[str] | None = None) -> int:
                 for impl in ("ours", "math", "flash", "efficient"):
                     row = measure(impl, batch, n, dtype, device, repeat, clock)
                     rows.append(row)
-                    status = f"{row['ms']:.2f} ms, {row['peak_bytes'] / 2**20:.1f} MiB" if row["supported"] else "unsupported"
+                    status = (
+                        f"{row['ms']:.2f} ms, {row['peak_bytes'] / 2**20:.1f} MiB"
+                        if row["supported"]
+                        else "unsupported"
+                    )
                     print(f"{row['dtype']:8s} batch {batch:2d} n {n:5d} {impl:9s} {status}", flush=True)
     results = results_header(
-        device, "python benchmarks/attention.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        quick=args.quick, heads=HEADS, d_k=D_K, clock=clock, measured="forward + backward of self-attention, no mask",
+        device,
+        "python benchmarks/attention.py "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        quick=args.quick,
+        heads=HEADS,
+        d_k=D_K,
+        clock=clock,
+        measured="forward + backward of self-attention, no mask",
         rows=rows,
-    )  # fmt: skip
-    out = Path(args.out) if args.out else ROOT / ("runs" if args.quick else "results") / f"bench_attention_{device.type}{'_quick' if args.quick else ''}.json"
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / ("runs" if args.quick else "results")
+        / f"bench_attention_{device.type}{'_quick' if args.quick else ''}.json"
+    )
     ok = [r for r in rows if r["supported"]]
     print(format_table(ok, ["dtype", "batch", "n", "impl", "ms", "peak_bytes", "peak_over_scores"]))
     write_json_atomic(results, out)

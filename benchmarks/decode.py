@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import shlex
 import sys
 import time
@@ -27,11 +28,11 @@ from pathlib import Path
 import torch
 
 from transformer_lib.bench import benchmark, format_table, results_header, write_json_atomic
+from transformer_lib.checkpoint import load_translator
 from transformer_lib.data import load_multi30k
 from transformer_lib.decode import greedy_search, make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.masks import padding_mask
-from transformer_lib.checkpoint import load_translator
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT_TOKENS = 50
@@ -72,36 +73,62 @@ def main(argv: list[str] | None = None) -> int:
         outputs = {}
         for use_cache in (True, False):
             ys = greedy_search(forced, src, mask, OUTPUT_TOKENS, *special, use_cache=use_cache)
-            assert ys.shape == (batch, OUTPUT_TOKENS + 1), f"outputs must have exactly {OUTPUT_TOKENS} tokens, got {ys.shape}"
+            assert ys.shape == (batch, OUTPUT_TOKENS + 1), (
+                f"outputs must have exactly {OUTPUT_TOKENS} tokens, got {ys.shape}"
+            )
             outputs[use_cache] = ys
             timing = benchmark(
-                lambda: greedy_search(forced, src, mask, OUTPUT_TOKENS, *special, use_cache=use_cache),
-                repeat=repeat, warmup=1, device=device, clock=clock,
-            )  # fmt: skip
-            cache_rows.append({"batch": batch, "cache": use_cache, "output_tokens": OUTPUT_TOKENS,
-                               "seconds": timing.median, "sentences_per_s": batch / timing.median,
-                               "spread": timing.spread})  # fmt: skip
+                functools.partial(greedy_search, forced, src, mask, OUTPUT_TOKENS, *special, use_cache=use_cache),
+                repeat=repeat,
+                warmup=1,
+                device=device,
+                clock=clock,
+            )
+            cache_rows.append(
+                {
+                    "batch": batch,
+                    "cache": use_cache,
+                    "output_tokens": OUTPUT_TOKENS,
+                    "seconds": timing.median,
+                    "sentences_per_s": batch / timing.median,
+                    "spread": timing.spread,
+                }
+            )
         assert torch.equal(outputs[True], outputs[False]), "cached and uncached greedy search must agree"
     speedups = {}
     for batch in sorted({r["batch"] for r in cache_rows}):
-        cached, uncached = (next(r for r in cache_rows if r["batch"] == batch and r["cache"] is c) for c in (True, False))
+        cached, uncached = (
+            next(r for r in cache_rows if r["batch"] == batch and r["cache"] is c) for c in (True, False)
+        )
         speedups[str(batch)] = cached["sentences_per_s"] / uncached["sentences_per_s"]
 
     # 2. greedy against beam search on the test split
     test = pairs[:100] if args.quick else pairs
     sources, refs = [de for de, _ in test], [en for _, en in test]
     search_rows = []
-    methods = [("greedy", make_decoder("greedy"), None), ("beam 4", make_decoder("beam", beam_size=4), 4),
-               ("beam 5", make_decoder("beam", beam_size=5), 5)]  # fmt: skip
+    methods = [
+        ("greedy", make_decoder("greedy"), None),
+        ("beam 4", make_decoder("beam", beam_size=4), 4),
+        ("beam 5", make_decoder("beam", beam_size=5), 5),
+    ]
     for name, decoder, beam in methods:
         start = now()
         hyps = translate(model, src_tok, tgt_tok, sources, decoder=decoder)
         seconds = now() - start
         scores = corpus_scores(hyps, refs)
-        search_rows.append({"method": name, "beam_size": beam, "length_penalty": 0.6 if beam else None,
-                            "sentences": len(test), "seconds": seconds, "sentences_per_s": len(test) / seconds,
-                            "bleu": scores["bleu"], "chrf": scores["chrf"],
-                            "bleu_signature": scores["bleu_signature"]})  # fmt: skip
+        search_rows.append(
+            {
+                "method": name,
+                "beam_size": beam,
+                "length_penalty": 0.6 if beam else None,
+                "sentences": len(test),
+                "seconds": seconds,
+                "sentences_per_s": len(test) / seconds,
+                "bleu": scores["bleu"],
+                "chrf": scores["chrf"],
+                "bleu_signature": scores["bleu_signature"],
+            }
+        )
         print(f"{name}: BLEU {scores['bleu']:.2f}, {len(test) / seconds:.1f} sentences/s", flush=True)
     greedy = search_rows[0]
     for row in search_rows:
@@ -109,16 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         row["bleu_minus_greedy"] = row["bleu"] - greedy["bleu"]
 
     results = results_header(
-        device, "python benchmarks/decode.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        quick=args.quick, clock=clock, checkpoint=Path(args.checkpoint).name, test_split="test_2016_flickr",
-        forced_length_method="generator bias of <eos> set to -inf on a copy of the model; every output checked to have 50 tokens",
-        cache_rows=cache_rows, cache_speedup=speedups, search_rows=search_rows,
-    )  # fmt: skip
+        device,
+        "python benchmarks/decode.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        quick=args.quick,
+        clock=clock,
+        checkpoint=Path(args.checkpoint).name,
+        test_split="test_2016_flickr",
+        forced_length_method=(
+            "generator bias of <eos> set to -inf on a copy of the model; every output checked to have 50 tokens"
+        ),
+        cache_rows=cache_rows,
+        cache_speedup=speedups,
+        search_rows=search_rows,
+    )
     print(format_table(cache_rows, ["batch", "cache", "output_tokens", "seconds", "sentences_per_s", "spread"]))
     for batch, s in speedups.items():
         print(f"batch {batch}: the cache is {s:.2f}x faster at {OUTPUT_TOKENS}-token outputs")
-    print(format_table(search_rows, ["method", "sentences", "sentences_per_s", "speed_vs_greedy", "bleu", "bleu_minus_greedy"]))
-    out = Path(args.out) if args.out else ROOT / ("runs" if args.quick else "results") / f"bench_decode_{device.type}{'_quick' if args.quick else ''}.json"
+    print(
+        format_table(
+            search_rows, ["method", "sentences", "sentences_per_s", "speed_vs_greedy", "bleu", "bleu_minus_greedy"]
+        )
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / ("runs" if args.quick else "results")
+        / f"bench_decode_{device.type}{'_quick' if args.quick else ''}.json"
+    )
     write_json_atomic(results, out)
     print(f"wrote {out}")
     return 0

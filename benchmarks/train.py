@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import warnings
 import shlex
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,7 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from transformer_lib.bench import (
-    format_table, gpu_peak_flops, matmul_peak_flops, mfu, results_header, transformer_flops, write_json_atomic,
+    format_table,
+    gpu_peak_flops,
+    matmul_peak_flops,
+    mfu,
+    results_header,
+    transformer_flops,
+    write_json_atomic,
 )
 from transformer_lib.data import load_multi30k
 from transformer_lib.embeddings import sinusoidal_positional_encoding
@@ -63,9 +69,16 @@ class TorchTransformer(nn.Module):
         self.register_buffer("pe", sinusoidal_positional_encoding(c.max_len, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
         self.transformer = nn.Transformer(
-            c.d_model, c.h, c.N, c.N, c.d_ff, c.dropout, batch_first=True, norm_first=c.norm_first,
+            c.d_model,
+            c.h,
+            c.N,
+            c.N,
+            c.d_ff,
+            c.dropout,
+            batch_first=True,
+            norm_first=c.norm_first,
             layer_norm_eps=c.layer_norm_eps,
-        )  # fmt: skip
+        )
         self.generator = nn.Linear(c.d_model, c.tgt_vocab)
         for p in self.parameters():
             if p.dim() > 1:
@@ -73,15 +86,20 @@ class TorchTransformer(nn.Module):
         self.generator.weight = self.embed.weight
 
     def forward(self, src: Tensor, tgt: Tensor) -> Tensor:
-        """Log-probabilities ``(batch, tgt_len, vocab)``; masks are built as nn.Transformer wants them (True = hidden)."""
+        """Log-probabilities ``(batch, tgt_len, vocab)``; the masks as nn.Transformer wants them (True = hidden)."""
         scale = math.sqrt(self.d_model)
         x = self.dropout(self.embed(src) * scale + self.pe[: src.size(1)])  # (B, S, d)
         y = self.dropout(self.embed(tgt) * scale + self.pe[: tgt.size(1)])  # (B, T, d)
         causal = ~causal_mask(tgt.size(1), device=tgt.device)  # (T, T): True above the diagonal = hidden
         out = self.transformer(
-            x, y, tgt_mask=causal, src_key_padding_mask=src == 0, tgt_key_padding_mask=tgt == 0,
-            memory_key_padding_mask=src == 0, tgt_is_causal=True,
-        )  # fmt: skip
+            x,
+            y,
+            tgt_mask=causal,
+            src_key_padding_mask=src == 0,
+            tgt_key_padding_mask=tgt == 0,
+            memory_key_padding_mask=src == 0,
+            tgt_is_causal=True,
+        )
         return F.log_softmax(self.generator(out), dim=-1)
 
 
@@ -139,10 +157,22 @@ def main(argv: list[str] | None = None) -> int:
     tok_path = ROOT / "release" / "multi30k_de_en.spm.model"
     vocab = Tokenizer(tok_path).vocab_size
     config = TransformerConfig(
-        vocab, vocab, N=sizes["N"], d_model=sizes["d_model"], d_ff=sizes["d_ff"], h=sizes["h"], dropout=0.1,
-        share_embeddings=True, norm_first=True, fused=True, max_len=512,
-    )  # fmt: skip
-    batches = [tuple(x.to(device) for x in b) for b in make_batches(sizes["batches"], sizes["batch"], sizes["length"], tok_path)]
+        vocab,
+        vocab,
+        N=sizes["N"],
+        d_model=sizes["d_model"],
+        d_ff=sizes["d_ff"],
+        h=sizes["h"],
+        dropout=0.1,
+        share_embeddings=True,
+        norm_first=True,
+        fused=True,
+        max_len=512,
+    )
+    batches = [
+        tuple(x.to(device) for x in b)
+        for b in make_batches(sizes["batches"], sizes["batch"], sizes["length"], tok_path)
+    ]
     real_tokens = sum(int((s != 0).sum() + (t != 0).sum()) for s, _, t in batches)  # per pass over the batches
     flops = sum(transformer_flops(config, s.size(1), t.size(1), s.size(0)) for s, t, _ in batches)
 
@@ -157,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         if peaks[dtype] is None:
             torch_dtype = torch.float32 if dtype == "fp32" else torch.bfloat16
             peaks[dtype] = matmul_peak_flops(device, torch_dtype, size=512 if args.quick else 1024, clock=clock)
-            peak_method[dtype] = f"measured: best square matmul, {clock} clock (transformer_lib.bench.matmul_peak_flops)"
+            peak_method[dtype] = (
+                f"measured: best square matmul, {clock} clock (transformer_lib.bench.matmul_peak_flops)"
+            )
 
     rows = []
     for mode in modes:
@@ -172,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             models[name] = (module, optimizer, forward)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
-        def one_pass(name: str) -> tuple[float, float]:
+        def one_pass(name: str, models: dict = models, autocast: torch.autocast = autocast) -> tuple[float, float]:
             """One training step per batch; returns the pass's seconds on ``clock`` and on the wall."""
             module, optimizer, forward = models[name]
             module.train()
@@ -200,15 +232,23 @@ def main(argv: list[str] | None = None) -> int:
                 walls[name].append(w)
         for name in models:
             median = statistics.median(times[name])
-            rows.append({
-                "model": name, "mode": mode, "dtype": dtype, "compiled": compiled,
-                "tokens_per_s": real_tokens / median, "step_ms": 1000 * median / len(batches),
-                "mfu": mfu(flops, median, peaks[dtype]), "spread": (max(times[name]) - min(times[name])) / median,
-                "tokens_per_s_wall": real_tokens / statistics.median(walls[name]),
-                "first_pass_wall_s": first[name],
-                "compile_wall_s": (first[name] - statistics.median(walls[name])) if compiled else None,
-                "times_s": times[name], "wall_times_s": walls[name],
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": name,
+                    "mode": mode,
+                    "dtype": dtype,
+                    "compiled": compiled,
+                    "tokens_per_s": real_tokens / median,
+                    "step_ms": 1000 * median / len(batches),
+                    "mfu": mfu(flops, median, peaks[dtype]),
+                    "spread": (max(times[name]) - min(times[name])) / median,
+                    "tokens_per_s_wall": real_tokens / statistics.median(walls[name]),
+                    "first_pass_wall_s": first[name],
+                    "compile_wall_s": (first[name] - statistics.median(walls[name])) if compiled else None,
+                    "times_s": times[name],
+                    "wall_times_s": walls[name],
+                }
+            )
         print(f"{mode}: done", flush=True)
     ratios = {}
     for mode in modes:
@@ -216,14 +256,35 @@ def main(argv: list[str] | None = None) -> int:
         theirs = next(r for r in rows if r["mode"] == mode and r["model"] == "nn.Transformer")
         ratios[mode] = ours["tokens_per_s"] / theirs["tokens_per_s"]
     results = results_header(
-        device, "python benchmarks/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
-        quick=args.quick, model_config={k: getattr(config, k) for k in ("N", "d_model", "h", "d_ff", "dropout", "norm_first", "tgt_vocab")},
-        batch={"sentences": sizes["batch"], "padded_length": sizes["length"], "batches_per_pass": len(batches),
-               "real_tokens_per_pass": real_tokens, "padded_tokens_per_pass": 2 * sum(s.numel() for s, _, _ in batches)},
-        repeat=sizes["repeat"], clock=clock, flops_per_pass=flops, flops_method="transformer_lib.bench.transformer_flops (training = 3x forward, padded shapes)",
-        peak_flops=peaks, peak_method=peak_method, rows=rows, ratio_ours_vs_torch=ratios,
-    )  # fmt: skip
-    out = Path(args.out) if args.out else ROOT / ("runs" if args.quick else "results") / f"bench_train_{device.type}{'_quick' if args.quick else ''}.json"
+        device,
+        "python benchmarks/train.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
+        quick=args.quick,
+        model_config={
+            k: getattr(config, k) for k in ("N", "d_model", "h", "d_ff", "dropout", "norm_first", "tgt_vocab")
+        },
+        batch={
+            "sentences": sizes["batch"],
+            "padded_length": sizes["length"],
+            "batches_per_pass": len(batches),
+            "real_tokens_per_pass": real_tokens,
+            "padded_tokens_per_pass": 2 * sum(s.numel() for s, _, _ in batches),
+        },
+        repeat=sizes["repeat"],
+        clock=clock,
+        flops_per_pass=flops,
+        flops_method="transformer_lib.bench.transformer_flops (training = 3x forward, padded shapes)",
+        peak_flops=peaks,
+        peak_method=peak_method,
+        rows=rows,
+        ratio_ours_vs_torch=ratios,
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else ROOT
+        / ("runs" if args.quick else "results")
+        / f"bench_train_{device.type}{'_quick' if args.quick else ''}.json"
+    )
     columns = ["model", "mode", "tokens_per_s", "step_ms", "mfu", "spread", "tokens_per_s_wall", "compile_wall_s"]
     print(format_table(rows, columns))
     for mode, ratio in ratios.items():

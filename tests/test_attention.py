@@ -45,7 +45,9 @@ def random_case(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tens
     query = torch.randn(*maybe_ones(batch), q_len, d_k, generator=g, dtype=dtype)
     key = torch.randn(*maybe_ones(batch), k_len, d_k, generator=g, dtype=dtype)
     value = torch.randn(*maybe_ones(batch), k_len, d_v, generator=g, dtype=dtype)
-    scores_batch = list(torch.broadcast_shapes(query.shape[:-2], key.shape[:-2]))  # the mask may shrink these, not grow them
+    scores_batch = list(
+        torch.broadcast_shapes(query.shape[:-2], key.shape[:-2])
+    )  # the mask may shrink these, not grow them
     mask_shape = [*maybe_ones(scores_batch), 1 if torch.rand((), generator=g) < 0.3 else q_len, k_len]
     mask = torch.rand(mask_shape, generator=g) < 0.7  # True = may attend
     if torch.rand((), generator=g) < 0.5:  # hide every key from one query row (of the mask's rows)
@@ -176,16 +178,20 @@ def test_mask_hides_keys_completely() -> None:
 
 
 def test_gradcheck_without_mask() -> None:
-    inputs = [torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True),
-              torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True),
-              torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    inputs = [
+        torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True),
+    ]
     assert torch.autograd.gradcheck(lambda q, k, v: scaled_dot_product_attention(q, k, v), inputs)
 
 
 def test_gradcheck_with_mask_including_a_fully_masked_row() -> None:
-    inputs = [torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True),
-              torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True),
-              torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    inputs = [
+        torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True),
+        torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True),
+    ]
     mask = torch.rand(2, 3, 5) < 0.5
     mask[:, :, 0] = True  # every row sees a key ...
     mask[1, 2] = False  # ... except this one
@@ -280,24 +286,34 @@ def test_float_mask_raises_naming_the_dtype() -> None:
 
 def test_integer_mask_raises_naming_the_dtype() -> None:
     with pytest.raises(ValueError, match=r"mask must be a boolean tensor.*torch\.int64"):
-        scaled_dot_product_attention(torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 5, dtype=torch.long))
+        scaled_dot_product_attention(
+            torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 5, dtype=torch.long)
+        )
 
 
 def test_mask_of_wrong_shape_raises_naming_the_shapes() -> None:
     with pytest.raises(ValueError, match=r"mask of shape \(3, 4\) does not broadcast.*\(3, 5\)"):
-        scaled_dot_product_attention(torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 4, dtype=torch.bool))
+        scaled_dot_product_attention(
+            torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 4, dtype=torch.bool)
+        )
 
 
 def test_mask_with_batch_dims_that_do_not_broadcast_raises() -> None:
     with pytest.raises(ValueError, match=r"mask of shape \(3, 3, 5\) does not broadcast.*\(2, 3, 5\)"):
-        scaled_dot_product_attention(torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 3, 5, dtype=torch.bool))
+        scaled_dot_product_attention(
+            torch.randn(2, 3, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 3, 5, dtype=torch.bool)
+        )
 
 
 def test_mask_may_not_stretch_q_len_or_k_len() -> None:
     with pytest.raises(ValueError, match=r"mask of shape \(3, 5\) does not broadcast.*\(1, 5\)"):
-        scaled_dot_product_attention(torch.randn(1, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 5, dtype=torch.bool))
+        scaled_dot_product_attention(
+            torch.randn(1, 4), torch.randn(5, 4), torch.randn(5, 2), torch.ones(3, 5, dtype=torch.bool)
+        )
     with pytest.raises(ValueError, match=r"mask of shape \(2, 4\) does not broadcast.*\(2, 1\)"):
-        scaled_dot_product_attention(torch.randn(2, 4), torch.randn(1, 4), torch.randn(1, 2), torch.ones(2, 4, dtype=torch.bool))
+        scaled_dot_product_attention(
+            torch.randn(2, 4), torch.randn(1, 4), torch.randn(1, 2), torch.ones(2, 4, dtype=torch.bool)
+        )
 
 
 def test_mask_may_not_enlarge_the_scores() -> None:
@@ -334,9 +350,15 @@ def test_dropout_out_of_range_raises(p: float) -> None:
         scaled_dot_product_attention(torch.randn(3, 4), torch.randn(5, 4), torch.randn(5, 2), dropout_p=p)
 
 
-@pytest.mark.parametrize("kwargs, name", [({"d_model": 0, "d_k": 4}, "d_model"), ({"d_model": 8, "d_k": -1}, "d_k"),
-                                          ({"d_model": 8, "d_k": 4, "d_v": 2.5}, "d_v"),
-                                          ({"d_model": 8, "d_k": 4, "d_context": True}, "d_context")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"d_model": 0, "d_k": 4}, "d_model"),
+        ({"d_model": 8, "d_k": -1}, "d_k"),
+        ({"d_model": 8, "d_k": 4, "d_v": 2.5}, "d_v"),
+        ({"d_model": 8, "d_k": 4, "d_context": True}, "d_context"),
+    ],
+)
 def test_attention_bad_sizes_raise(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=rf"{name} must be a positive integer"):
         Attention(**kwargs)

@@ -35,15 +35,18 @@ def test_flops_match_a_hand_count():
     S, T, d, dk, ff, V = 3, 2, 4, 2, 8, 10
     products = (
         [(S, d, d)] * 4  # encoder self-attention: W_Q, W_K, W_V, W_O
-        + [(S, dk, S)] * 2 + [(S, S, dk)] * 2  # per head: scores, weights @ V
+        + [(S, dk, S)] * 2
+        + [(S, S, dk)] * 2  # per head: scores, weights @ V
         + [(S, d, ff), (S, ff, d)]  # encoder feed-forward
         + [(T, d, d)] * 4  # decoder self-attention projections
-        + [(T, dk, T)] * 2 + [(T, T, dk)] * 2
+        + [(T, dk, T)] * 2
+        + [(T, T, dk)] * 2
         + [(T, d, d), (S, d, d), (S, d, d), (T, d, d)]  # cross-attention: W_Q(x), W_K(memory), W_V(memory), W_O
-        + [(T, dk, S)] * 2 + [(T, S, dk)] * 2
+        + [(T, dk, S)] * 2
+        + [(T, S, dk)] * 2
         + [(T, d, ff), (T, ff, d)]  # decoder feed-forward
         + [(T, d, V)]  # generator
-    )  # fmt: skip
+    )
     forward = sum(2 * m * k * n for m, k, n in products)
     assert transformer_flops(TINY, S, T, training=False) == forward
     assert transformer_flops(TINY, S, T, batch=5, training=True) == 3 * 5 * forward

@@ -51,7 +51,9 @@ def test_attention_results(name):
     ok = [r for r in rows if r["supported"]]
     for r in ok:
         assert r["ms"] > 0 and r["peak_bytes"] > 0
-        assert r["score_matrix_bytes"] == r["batch"] * results["heads"] * r["n"] ** 2 * (4 if r["dtype"] == "float32" else 2)
+        assert r["score_matrix_bytes"] == r["batch"] * results["heads"] * r["n"] ** 2 * (
+            4 if r["dtype"] == "float32" else 2
+        )
         assert r["peak_over_scores"] == pytest.approx(r["peak_bytes"] / r["score_matrix_bytes"], rel=REL)
     # What the chapter says: ours and math store the n x n scores, the flash kernel does not.
     longest = max(r["n"] for r in ok)
@@ -70,14 +72,21 @@ def test_train_results(name):
     modes = list(results["ratio_ours_vs_torch"])
     assert "fp32" in modes and "bf16" in modes
     for mode in modes:
-        ours, theirs = (next(r for r in rows if r["mode"] == mode and r["model"] == m) for m in ("transformer_lib", "nn.Transformer"))
-        assert results["ratio_ours_vs_torch"][mode] == pytest.approx(ours["tokens_per_s"] / theirs["tokens_per_s"], rel=REL)
+        ours, theirs = (
+            next(r for r in rows if r["mode"] == mode and r["model"] == m)
+            for m in ("transformer_lib", "nn.Transformer")
+        )
+        assert results["ratio_ours_vs_torch"][mode] == pytest.approx(
+            ours["tokens_per_s"] / theirs["tokens_per_s"], rel=REL
+        )
         for r in (ours, theirs):
             assert len(r["times_s"]) == results["repeat"]
             median = statistics.median(r["times_s"])
             assert r["tokens_per_s"] == pytest.approx(batch["real_tokens_per_pass"] / median, rel=REL)
             seconds = batch["real_tokens_per_pass"] / r["tokens_per_s"]
-            assert r["mfu"] == pytest.approx(results["flops_per_pass"] / seconds / results["peak_flops"][r["dtype"]], rel=REL)
+            assert r["mfu"] == pytest.approx(
+                results["flops_per_pass"] / seconds / results["peak_flops"][r["dtype"]], rel=REL
+            )
             assert 0 < r["mfu"] < 1
             if r["compiled"]:
                 assert r["compile_wall_s"] is not None
@@ -88,7 +97,10 @@ def test_decode_results(name):
     results = load(name)
     check_header(results, name, "decode.py")
     for batch, speedup in results["cache_speedup"].items():
-        cached, uncached = (next(r for r in results["cache_rows"] if str(r["batch"]) == batch and r["cache"] is c) for c in (True, False))
+        cached, uncached = (
+            next(r for r in results["cache_rows"] if str(r["batch"]) == batch and r["cache"] is c)
+            for c in (True, False)
+        )
         assert cached["output_tokens"] == uncached["output_tokens"] == 50
         assert speedup == pytest.approx(cached["sentences_per_s"] / uncached["sentences_per_s"], rel=REL)
     methods = {r["method"]: r for r in results["search_rows"]}
@@ -108,8 +120,10 @@ def test_ablation_results():
     for r in results["runs"]:
         # The committed sweep ran before the no-warmup schedule became SCHEDULES["noam_no_warmup"]; it wrote
         # the same change as the old switch warmup_ramp=False (TrainConfig.from_dict maps one to the other).
-        changes = {("schedule" if k == "warmup_ramp" else k): ("noam_no_warmup" if k == "warmup_ramp" else v)
-                   for k, v in r["changes"].items()}  # fmt: skip
+        changes = {
+            ("schedule" if k == "warmup_ramp" else k): ("noam_no_warmup" if k == "warmup_ramp" else v)
+            for k, v in r["changes"].items()
+        }
         assert r["name"] in ABLATIONS and changes == ABLATIONS[r["name"]][1]
         assert r["steps"] == results["steps"] or r["diverged"]
         assert {"val_loss_min", "max_loss_rise", "spike_steps", "grad_norm_max", "clipped_windows"} <= r.keys()

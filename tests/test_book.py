@@ -80,8 +80,19 @@ def build_book(out_dir: Path) -> subprocess.CompletedProcess:
     config_path = out_dir / "_config.yml"
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))  # order matters (scripts)
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    cmd = [str(jupyter_book), "build", str(ROOT), "--config", str(config_path), "--path-output", str(out_dir),
-           "-W", "-n", "--keep-going", "--all"]  # fmt: skip
+    cmd = [
+        str(jupyter_book),
+        "build",
+        str(ROOT),
+        "--config",
+        str(config_path),
+        "--path-output",
+        str(out_dir),
+        "-W",
+        "-n",
+        "--keep-going",
+        "--all",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
@@ -123,6 +134,7 @@ def test_book_builds_strictly(build: Build) -> None:
 # ---------------------------------------------------------------------------------------------
 # Without a browser: links, CDNs, vendored files
 # ---------------------------------------------------------------------------------------------
+
 
 class _Collector(HTMLParser):
     """Ids, links (a/area href) and resources (script src, link href, img src, source srcset) of one page."""
@@ -203,11 +215,15 @@ def test_vendored_files_match_their_recorded_sha256() -> None:
     table = _vendored_table()
     assert table, f"{VENDOR / 'README.md'} lists no files (| `path` | bytes | sha256 |)"
     on_disk = {p.relative_to(VENDOR).as_posix() for p in VENDOR.rglob("*") if p.is_file() and p.name != "README.md"}
-    assert on_disk == set(table), f"vendored files not in README.md: {sorted(on_disk - set(table))}; " \
-                                  f"listed but missing: {sorted(set(table) - on_disk)}"
+    assert on_disk == set(table), (
+        f"vendored files not in README.md: {sorted(on_disk - set(table))}; "
+        f"listed but missing: {sorted(set(table) - on_disk)}"
+    )
     for path, (size, sha) in table.items():
         data = (VENDOR / path).read_bytes()
-        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, f"{path} differs from README.md (run book/vendor.sh)"
+        assert len(data) == size and hashlib.sha256(data).hexdigest() == sha, (
+            f"{path} differs from README.md (run book/vendor.sh)"
+        )
 
 
 def test_config_points_at_the_vendored_javascript() -> None:
@@ -223,12 +239,15 @@ def test_config_points_at_the_vendored_javascript() -> None:
 # In a real browser
 # ---------------------------------------------------------------------------------------------
 
+
 def chromium_executable() -> str:
     """Debian's Chromium (or $CHROMIUM); a clear failure, never a skip, when it is missing."""
     path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("the browser test needs Debian's Chromium, which is not installed: run `make system-deps` "
-                    "(or `sudo apt-get install chromium fonts-noto-cjk`), or point $CHROMIUM at a Chromium binary")
+        pytest.fail(
+            "the browser test needs Debian's Chromium, which is not installed: run `make system-deps` "
+            "(or `sudo apt-get install chromium fonts-noto-cjk`), or point $CHROMIUM at a Chromium binary"
+        )
     return path
 
 
@@ -270,7 +289,10 @@ MATH_JS = """async () => {
   return [math.length, [...math].filter(m => m.querySelector('mjx-container') || m.tagName === 'MJX-CONTAINER').length,
           document.querySelectorAll('mjx-merror').length];
 }"""
-IMAGES_JS = """() => [...document.images].filter(i => i.complete && i.naturalWidth === 0 && i.getAttribute('src')).map(i => i.src)"""
+IMAGES_JS = (
+    "() => [...document.images]"
+    ".filter(i => i.complete && i.naturalWidth === 0 && i.getAttribute('src')).map(i => i.src)"
+)
 WIDGETS_JS = """() => {
   const visible = e => { const r = e.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
   const all = sel => [...document.querySelectorAll(sel)];
@@ -304,14 +326,20 @@ def _visit(browser: Any, url: str, screenshot: Path | None, widget_views: int = 
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     page.on("console", lambda m: visit.errors.append(f"console: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: visit.errors.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: visit.errors.append(f"request failed: {r.url} ({r.failure})")
-            if urlparse(r.url).netloc == local else None)
+    page.on(
+        "requestfailed",
+        lambda r: (
+            visit.errors.append(f"request failed: {r.url} ({r.failure})") if urlparse(r.url).netloc == local else None
+        ),
+    )
     page.on("response", lambda r: visit.errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     try:
         page.goto(url, wait_until="load")
         if widget_views:
             page.wait_for_selector("img.widget-image", state="visible")
-            page.wait_for_function("() => [...document.querySelectorAll('img.widget-image')].every(i => i.naturalWidth > 0)")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('img.widget-image')].every(i => i.naturalWidth > 0)"
+            )
             visit.widgets = page.evaluate(WIDGETS_JS)
         if search:
             page.wait_for_selector("ul.search li")
@@ -349,12 +377,16 @@ def visits(server: str, html: Path) -> dict[str, Visit]:
         old.unlink()
     seen: dict[str, Visit] = {}
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             for page in PAGES:
                 text = (html / f"{page}.html").read_text(encoding="utf-8")
                 views = text.count(WIDGET_VIEW) if WIDGET_STATE in text else 0
-                seen[page] = _visit(browser, urljoin(server, f"{page}.html"), SCREENSHOTS / screenshot_name(page), views)
+                seen[page] = _visit(
+                    browser, urljoin(server, f"{page}.html"), SCREENSHOTS / screenshot_name(page), views
+                )
             seen["search"] = _visit(browser, urljoin(server, "search.html?q=attention"), None, search=True)
         finally:
             browser.close()
@@ -384,15 +416,20 @@ def test_pages_with_math_were_found(visits: dict[str, Visit]) -> None:
 def test_widget_pages_show_rendered_widgets(visits: dict[str, Visit], server: str) -> None:
     """Every page with saved widget state (always the explorers page; after `make book` chapters 3-5 too)."""
     pages = [p for p in PAGES if visits[p].widget_views]
-    assert EXPLORERS_PAGE in pages and visits[EXPLORERS_PAGE].widget_views >= EXPLORERS_ON_IT, \
+    assert EXPLORERS_PAGE in pages and visits[EXPLORERS_PAGE].widget_views >= EXPLORERS_ON_IT, (
         f"{EXPLORERS_PAGE} was built without its {EXPLORERS_ON_IT} widgets' saved state"
+    )
     for page in pages:
         widgets, expected = visits[page].widgets, visits[page].widget_views
         assert widgets, f"{page}: no widget rendered ({visits[page].errors[:5]})"
         assert widgets["images"] >= expected, f"{page}: {widgets['images']} of {expected} explorer pictures rendered"
-        assert widgets["controls"] >= expected, f"{page}: {widgets['controls']} widget controls for {expected} explorers"
+        assert widgets["controls"] >= expected, (
+            f"{page}: {widgets['controls']} widget controls for {expected} explorers"
+        )
         for script in widgets["manager"] + widgets["requirejs"]:
-            assert script.startswith(urljoin(server, "_static/vendor/")), f"{page} loads {script}, not the vendored copy"
+            assert script.startswith(urljoin(server, "_static/vendor/")), (
+                f"{page} loads {script}, not the vendored copy"
+            )
         assert widgets["manager"] and widgets["requirejs"], f"{page}: the html-manager or RequireJS is not on the page"
         assert widgets["requireFirst"], f"{page}: RequireJS must load before the html-manager"
 

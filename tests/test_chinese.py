@@ -18,18 +18,24 @@ import pytest
 import torch
 from conftest import MIRROR
 
+from transformer_lib.checkpoint import CHECKPOINT_FORMAT, load_translator, save_checkpoint
 from transformer_lib.chinese import (
-    SEED_SENTENCES, add_seed_translations, cross_attention, find_cjk_font, load_tatoeba, plot_cross_attention,
-    translate_seed_sentences, use_cjk_font,
-)  # fmt: skip
+    SEED_SENTENCES,
+    add_seed_translations,
+    cross_attention,
+    find_cjk_font,
+    load_tatoeba,
+    plot_cross_attention,
+    translate_seed_sentences,
+    use_cjk_font,
+)
 from transformer_lib.cli import main
+from transformer_lib.data import load_pairs
 from transformer_lib.decode import make_decoder
 from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.model import Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
 from transformer_lib.tokenizer import Tokenizer, train_tokenizer
-from transformer_lib.checkpoint import CHECKPOINT_FORMAT, load_translator, save_checkpoint
-from transformer_lib.data import load_pairs
 from transformer_lib.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +96,7 @@ def zh_tok(splits) -> Tokenizer:
 
 
 def test_chinese_round_trips_up_to_nfkc(zh_tok, splits):
-    # SentencePiece normalises with NFKC: full-width ！？，：；（） become ASCII. Anything else comes back as it went in.
+    # SentencePiece normalises with NFKC: full-width ！？，：；（） become ASCII; the rest comes back as it went in.
     checked = 0
     for zh, _, _ in splits["val"]:
         ids = zh_tok.encode(zh)
@@ -143,7 +149,9 @@ def test_character_coverage_leaves_the_rarest_characters_out(zh_tok, splits):
 @pytest.fixture(scope="module")
 def results() -> dict:
     if not RESULTS.is_file():
-        pytest.fail(f"{RESULTS} is missing: run `python -m transformer_lib release` on the tatoeba_cpu run (see README)")
+        pytest.fail(
+            f"{RESULTS} is missing: run `python -m transformer_lib release` on the tatoeba_cpu run (see README)"
+        )
     return json.loads(RESULTS.read_text(encoding="utf-8"))
 
 
@@ -186,8 +194,12 @@ def test_cli_translates_chinese_with_the_released_checkpoint(results):
     lines = "我爱你。\n\n他欠我钱。\n"
     out = subprocess.run(
         [sys.executable, "-m", "transformer_lib", "translate", "--checkpoint", str(RELEASE), "--beam", "4"],
-        input=lines, capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     translations = out.stdout.split("\n")[:3]
     assert translations[1] == "", "an empty input line must stay empty"
@@ -201,10 +213,27 @@ def test_cli_translates_chinese_with_the_released_checkpoint(results):
 @pytest.fixture(scope="module")
 def tiny_run(offline, tmp_path_factory) -> Path:
     config = TrainConfig(
-        name="zh-test", dataset="tatoeba", src_lang="zh", tgt_lang="en", joint_vocab=False, share_embeddings=False,
-        train_limit=3000, valid_limit=20, vocab_size=1200, character_coverage=0.995, N=1, d_model=16, d_ff=32, h=2,
-        max_tokens=600, warmup=10, max_steps=4, log_every=2, eval_every=4, save_every=2,
-    )  # fmt: skip
+        name="zh-test",
+        dataset="tatoeba",
+        src_lang="zh",
+        tgt_lang="en",
+        joint_vocab=False,
+        share_embeddings=False,
+        train_limit=3000,
+        valid_limit=20,
+        vocab_size=1200,
+        character_coverage=0.995,
+        N=1,
+        d_model=16,
+        d_ff=32,
+        h=2,
+        max_tokens=600,
+        warmup=10,
+        max_steps=4,
+        log_every=2,
+        eval_every=4,
+        save_every=2,
+    )
     out = tmp_path_factory.mktemp("zh_run")
     train(config, out, progress=False, device="cpu")
     return out
@@ -212,8 +241,23 @@ def tiny_run(offline, tmp_path_factory) -> Path:
 
 def test_release_of_a_tatoeba_run_scores_its_test_split(tiny_run, tmp_path, splits, capsys):
     out, res = tmp_path / "rel" / "zh.pt", tmp_path / "res" / "zh.json"
-    args = ["release", "--run", tiny_run, "--out", out, "--results", res, "--average", "2", "--choose-on", "20",
-            "--beam", "2", "--command-line", "test"]  # fmt: skip
+    args = [
+        "release",
+        "--run",
+        tiny_run,
+        "--out",
+        out,
+        "--results",
+        res,
+        "--average",
+        "2",
+        "--choose-on",
+        "20",
+        "--beam",
+        "2",
+        "--command-line",
+        "test",
+    ]
     assert main([str(a) for a in args]) == 0
     printed = capsys.readouterr().out
     results = json.loads(res.read_text(encoding="utf-8"))
@@ -227,7 +271,9 @@ def test_release_of_a_tatoeba_run_scores_its_test_split(tiny_run, tmp_path, spli
 
 
 def test_evaluate_scores_the_checkpoints_own_corpus(tiny_run, splits, capsys):
-    assert main(["evaluate", "--checkpoint", str(tiny_run / "checkpoint_last.pt"), "--split", "val", "--beam", "1"]) == 0
+    assert (
+        main(["evaluate", "--checkpoint", str(tiny_run / "checkpoint_last.pt"), "--split", "val", "--beam", "1"]) == 0
+    )
     out = capsys.readouterr().out
     assert "decoding: greedy search" in out and re.search(r"^val: BLEU [\d.]+  chrF [\d.]+$", out, flags=re.M)
     assert "BLEU signature: nrefs:1|case:mixed|eff:no|tok:13a" in out
@@ -248,8 +294,11 @@ def tiny_translator(splits, zh_tok) -> tuple[Transformer, Tokenizer, Tokenizer]:
     """An untrained model with real Chinese and English tokenizers (the helpers do not need a good model)."""
     en_tok = train_tokenizer([en for _, en, _ in splits["train"][:5000]], vocab_size=500)
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig(zh_tok.vocab_size, en_tok.vocab_size, N=2, d_model=32, d_ff=64, h=4,
-                                          share_embeddings=False, fused=True))  # fmt: skip
+    model = Transformer(
+        TransformerConfig(
+            zh_tok.vocab_size, en_tok.vocab_size, N=2, d_model=32, d_ff=64, h=4, share_embeddings=False, fused=True
+        )
+    )
     return model.eval(), zh_tok, en_tok
 
 
@@ -347,17 +396,24 @@ def test_a_found_cjk_font_draws_chinese():
     family = find_cjk_font()
     if family is None:
         pytest.skip("no CJK font installed here (Debian/Ubuntu: apt-get install fonts-noto-cjk)")
-    font = font_manager.get_font(font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False))
+    font = font_manager.get_font(
+        font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+    )
     assert all(font.get_char_index(ord(c)) for c in "我爱你欠他")
     assert find_cjk_font(("No Such Font Family",), scan=False) is None
 
 
 def test_add_seed_translations_checks_the_checkpoint_and_writes_the_table(tiny_translator, tmp_path):
     model, src_tok, tgt_tok = tiny_translator
-    ckpt = save_checkpoint({
-        "format": CHECKPOINT_FORMAT, "model_config": dataclasses.asdict(model.config), "model": model.state_dict(),
-        "tokenizers": {"src": src_tok.model_bytes, "tgt": tgt_tok.model_bytes},
-    }, tmp_path / "m.pt")  # fmt: skip
+    ckpt = save_checkpoint(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_config": dataclasses.asdict(model.config),
+            "model": model.state_dict(),
+            "tokenizers": {"src": src_tok.model_bytes, "tgt": tgt_tok.model_bytes},
+        },
+        tmp_path / "m.pt",
+    )
     results = tmp_path / "r.json"
     results.write_text(json.dumps({"checkpoint": {"sha256": "0" * 64}}), encoding="utf-8")
     with pytest.raises(ValueError, match="SHA-256 of the checkpoint differs"):

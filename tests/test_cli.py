@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformer_lib import data
 from transformer_lib.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,10 +21,25 @@ pytestmark = pytest.mark.usefixtures("offline")
 
 STEPS = 30
 TRAIN_ARGS = [
-    "--preset", "tiny", "--set", f"max_steps={STEPS}", "train_limit=300", "valid_limit=20", "vocab_size=400",
-    "log_every=10", "eval_every=30", "save_every=30", "betas=0.9,0.99", "max_minutes=none", "name=cli-test",
-    "--bleu-sentences", "5", "--no-progress", "--device", "cpu",
-]  # fmt: skip
+    "--preset",
+    "tiny",
+    "--set",
+    f"max_steps={STEPS}",
+    "train_limit=300",
+    "valid_limit=20",
+    "vocab_size=400",
+    "log_every=10",
+    "eval_every=30",
+    "save_every=30",
+    "betas=0.9,0.99",
+    "max_minutes=none",
+    "name=cli-test",
+    "--bleu-sentences",
+    "5",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 SOURCES = ["Ein Hund läuft durch den Schnee.", "Zwei Männer spielen Fußball."]
 
 
@@ -88,8 +102,13 @@ def test_python_dash_m_translate_in_a_subprocess(run_dir, capsys, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same single math thread as in this process
     result = subprocess.run(
         [sys.executable, "-m", "transformer_lib", "translate", "--checkpoint", str(run_dir / "checkpoint_last.pt")],
-        input=stdin, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
-    )  # fmt: skip
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split("\n")
     assert len(lines) == 4 and lines[1] == "" and lines[3] == ""

@@ -71,7 +71,10 @@ def code_cells(nb: dict) -> list[str]:
 def imported_course_modules(source: str) -> set[str]:
     """Names of transformer_lib modules imported by Python source (IPython magics removed)."""
     lines = source.splitlines()  # IPython magics are not Python: replace them by `pass`, keeping indentation
-    source = "\n".join(l[: len(l) - len(l.lstrip())] + "pass" if l.lstrip().startswith(("%", "!")) else l for l in lines)
+    source = "\n".join(
+        line[: len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
+        for line in lines
+    )
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom) and node.module:
@@ -134,16 +137,19 @@ def test_chapter_opens_with_title_and_ends_with_what_the_library_gained(path: Pa
     assert re.search(r"^## What `?transformer_lib`? gained", text, flags=re.M), f"{path.name}: no gained section"
 
 
-PLOTTING = re.compile(r"\bplt\.(subplots|figure|plot|imshow|bar|hist|scatter)\(|\bax\w*\.(plot|imshow|bar|hist|scatter)\(|"
-                      r"\b\w+_explorer\(|\bplot_\w+\(")
+PLOTTING = re.compile(
+    r"\bplt\.(subplots|figure|plot|imshow|bar|hist|scatter)\(|\bax\w*\.(plot|imshow|bar|hist|scatter)\(|"
+    r"\b\w+_explorer\(|\bplot_\w+\("
+)
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_opens_with_its_architecture_map_and_draws_its_own_figures(path: Path) -> None:
     n = chapter_number(path)
     cells = code_cells(load_notebook(path))
-    assert len(cells) > 1 and re.search(rf"\barchitecture_figure\(\s*chapter\s*=\s*{n}\s*\)", cells[1]), \
+    assert len(cells) > 1 and re.search(rf"\barchitecture_figure\(\s*chapter\s*=\s*{n}\s*\)", cells[1]), (
         f"{path.name}: the cell after the Colab install cell must draw architecture_figure(chapter={n})"
+    )
     assert any("use_course_style()" in c for c in cells), f"{path.name} never calls use_course_style()"
     others = [c for c in cells if "architecture_figure" not in c]
     assert any(PLOTTING.search(c) for c in others), f"{path.name} draws no figure of its own besides the map"
@@ -197,13 +203,25 @@ def test_public_api_has_docstrings_and_type_hints(module: str) -> None:
             assert inspect.getdoc(obj), f"{module}.{name} has no docstring"
         functions = [obj] if inspect.isfunction(obj) else []
         if inspect.isclass(obj):
-            functions = [f for k, f in vars(obj).items() if inspect.isfunction(f) and (k in ("__init__", "forward") or not k.startswith("_"))]
+            functions = [
+                f
+                for k, f in vars(obj).items()
+                if inspect.isfunction(f) and (k in ("__init__", "forward") or not k.startswith("_"))
+            ]
         for f in functions:
             sig = inspect.signature(f)
-            missing = [p for p in sig.parameters.values() if p.name != "self" and p.annotation is inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+            missing = [
+                p
+                for p in sig.parameters.values()
+                if p.name != "self"
+                and p.annotation is inspect.Parameter.empty
+                and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            ]
             assert not missing, f"{module}.{f.__qualname__} lacks type hints for {[p.name for p in missing]}"
             if f.__name__ != "__init__":
-                assert sig.return_annotation is not inspect.Signature.empty, f"{module}.{f.__qualname__} lacks a return type"
+                assert sig.return_annotation is not inspect.Signature.empty, (
+                    f"{module}.{f.__qualname__} lacks a return type"
+                )
 
 
 def test_package_exposes_each_modules_public_names() -> None:
@@ -217,7 +235,9 @@ def test_package_exposes_each_modules_public_names() -> None:
                 continue
             expected.add(name)
             assert getattr(transformer_lib, name, None) is getattr(mod, name), f"transformer_lib.{name} is not exported"
-    assert exported == expected, f"__all__ differs: extra {sorted(exported - expected)}, missing {sorted(expected - exported)}"
+    assert exported == expected, (
+        f"__all__ differs: extra {sorted(exported - expected)}, missing {sorted(expected - exported)}"
+    )
     assert len(transformer_lib.__all__) == len(exported), "a name is listed twice in __all__"
 
 
@@ -227,10 +247,11 @@ def test_no_submodule_is_shadowed_and_heavy_modules_load_lazily() -> None:
 
     code = (
         "import sys, transformer_lib as t; "
-        "print(sorted(m for m in ('viz', 'bench', 'chinese', 'distributed', 'ablations') if f'transformer_lib.{m}' in sys.modules)); "
+        "lazy = ('viz', 'bench', 'chinese', 'distributed', 'ablations'); "
+        "print(sorted(m for m in lazy if f'transformer_lib.{m}' in sys.modules)); "
         "print(type(t.train).__name__, 'matplotlib.pyplot' in sys.modules); "
         "t.architecture_figure; print('transformer_lib.viz' in sys.modules)"
-    )  # fmt: skip
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "[]", f"imported eagerly: {out[0]}"
     assert out[1] == "module False", "transformer_lib.train must be the module, and pyplot must not load at import"

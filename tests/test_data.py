@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import pytest
+from conftest import MIRROR
 
 from transformer_lib import data, utils
 from transformer_lib.chinese import load_tatoeba
 from transformer_lib.data import DataError, RemoteFile, fetch, load_multi30k
-
-from conftest import MIRROR
 
 
 @pytest.fixture
@@ -70,7 +68,9 @@ def test_file_missing_from_mirror_is_named(env):
 def _fake_mirror(tmp_path: Path, name: str, payload: bytes) -> RemoteFile:
     (tmp_path / "mirror" / "multi30k").mkdir(parents=True)
     (tmp_path / "mirror" / "multi30k" / name).write_bytes(payload)
-    return RemoteFile("multi30k", name, "https://example.invalid/" + name, utils.sha256_file(tmp_path / "mirror" / "multi30k" / name))
+    return RemoteFile(
+        "multi30k", name, "https://example.invalid/" + name, utils.sha256_file(tmp_path / "mirror" / "multi30k" / name)
+    )
 
 
 def test_truncated_gzip_is_an_error(env, monkeypatch):

@@ -14,8 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from transformer_lib.decode import (
-    KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences,
-)  # fmt: skip
+    KVCache,
+    beam_search,
+    decode_step,
+    gnmt_length_penalty,
+    greedy_search,
+    make_decoder,
+    score_sequences,
+)
 from transformer_lib.masks import causal_mask, padding_mask, target_mask
 from transformer_lib.model import Transformer, greedy_decode, make_model
 from transformer_lib.utils import BOS_ID, EOS_ID, PAD_ID, make_sequence_task
@@ -52,8 +58,19 @@ def small_model(
     """A random 2-layer model in eval mode. Scaling the output layer makes the next-token
     distributions peaked (greedy and beam decisions far from ties), and a bias on <eos> makes
     sentences end at different steps."""
-    model = make_model(SRC_VOCAB, tgt_vocab, N=2, d_model=32, d_ff=64, h=4, dropout=dropout, norm_first=norm_first,
-                       positional=positional, fused=fused, max_len=MAX_POSITIONS)  # fmt: skip
+    model = make_model(
+        SRC_VOCAB,
+        tgt_vocab,
+        N=2,
+        d_model=32,
+        d_ff=64,
+        h=4,
+        dropout=dropout,
+        norm_first=norm_first,
+        positional=positional,
+        fused=fused,
+        max_len=MAX_POSITIONS,
+    )
     with torch.no_grad():
         model.generator.proj.weight.mul_(sharpen)
         model.generator.proj.bias[EOS_ID] += eos_bias
@@ -114,9 +131,13 @@ def test_cache_computes_only_the_newest_position_and_the_memory_once() -> None:
     src, src_mask = padded_sources()
     self_q_lengths, cross_kv_calls = [], []
     hooks = [
-        model.decoder.layers[0].self_attn.W_Q.register_forward_hook(lambda m, i, o: self_q_lengths.append(i[0].size(1))),
-        model.decoder.layers[0].cross_attn.W_K.register_forward_hook(lambda m, i, o: cross_kv_calls.append(i[0].size(1))),
-    ]  # fmt: skip
+        model.decoder.layers[0].self_attn.W_Q.register_forward_hook(
+            lambda m, i, o: self_q_lengths.append(i[0].size(1))
+        ),
+        model.decoder.layers[0].cross_attn.W_K.register_forward_hook(
+            lambda m, i, o: cross_kv_calls.append(i[0].size(1))
+        ),
+    ]
     try:
         greedy_search(model, src, src_mask, 12, BOS_ID, EOS_ID)
     finally:
@@ -187,7 +208,9 @@ def test_greedy_search_restores_the_training_mode_and_ignores_dropout() -> None:
 def test_beam_search_cached_equals_uncached(norm_first: bool, positional: str, fused: bool) -> None:
     model = small_model(norm_first, positional, fused)
     src, src_mask = padded_sources()
-    cached, cached_scores = beam_search(model, src, src_mask, 15, BOS_ID, EOS_ID, PAD_ID, beam_size=4, return_scores=True)
+    cached, cached_scores = beam_search(
+        model, src, src_mask, 15, BOS_ID, EOS_ID, PAD_ID, beam_size=4, return_scores=True
+    )
     uncached, uncached_scores = beam_search(
         model, src, src_mask, 15, BOS_ID, EOS_ID, PAD_ID, beam_size=4, use_cache=False, return_scores=True
     )
@@ -208,8 +231,9 @@ def test_beam_size_one_without_length_penalty_is_greedy(norm_first: bool, positi
 def test_beam_scores_are_teacher_forced_length_normalised_log_probs(alpha: float) -> None:
     model = small_model(sharpen=1.5, eos_bias=1.0)
     src, src_mask = padded_sources()
-    ys, scores = beam_search(model, src, src_mask, 8, BOS_ID, EOS_ID, PAD_ID, beam_size=3, length_penalty=alpha,
-                             return_scores=True)  # fmt: skip
+    ys, scores = beam_search(
+        model, src, src_mask, 8, BOS_ID, EOS_ID, PAD_ID, beam_size=3, length_penalty=alpha, return_scores=True
+    )
     expected = torch.tensor([reference_score(model, src[b], hypothesis(ys[b]), alpha) for b in range(src.size(0))])
     torch.testing.assert_close(scores, expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(score_sequences(model, src, src_mask, ys, EOS_ID, alpha), expected, atol=ATOL, rtol=0)
@@ -223,9 +247,18 @@ def test_exhaustive_beam_finds_the_best_output_and_never_loses_to_greedy(alpha: 
     vocab, max_len = 5, 4
     model = small_model(tgt_vocab=vocab, sharpen=1.5, eos_bias=1.0)
     src, src_mask = padded_sources()
-    beam, beam_scores = beam_search(model, src, src_mask, max_len, BOS_ID, EOS_ID, PAD_ID,
-                                    beam_size=(vocab - 1) ** (max_len - 1) * vocab, length_penalty=alpha,
-                                    return_scores=True)  # fmt: skip
+    beam, beam_scores = beam_search(
+        model,
+        src,
+        src_mask,
+        max_len,
+        BOS_ID,
+        EOS_ID,
+        PAD_ID,
+        beam_size=(vocab - 1) ** (max_len - 1) * vocab,
+        length_penalty=alpha,
+        return_scores=True,
+    )
     greedy = greedy_search(model, src, src_mask, max_len, BOS_ID, EOS_ID, PAD_ID)
     others = [t for t in range(vocab) if t != EOS_ID]
     outputs = [list(p) + [EOS_ID] for n in range(max_len) for p in itertools.product(others, repeat=n)]
@@ -235,8 +268,9 @@ def test_exhaustive_beam_finds_the_best_output_and_never_loses_to_greedy(alpha: 
         # All outputs of sentence b in one teacher-forced batch.
         ys = torch.tensor([[BOS_ID] + pad_to(torch.tensor([o]), max_len)[0].tolist() for o in outputs])
         with torch.no_grad():
-            log_probs = model(src[b : b + 1].expand(len(outputs), -1), ys[:, :-1], src_mask[b : b + 1],
-                              causal_mask(max_len))  # (n, max_len, vocab)  # fmt: skip
+            log_probs = model(
+                src[b : b + 1].expand(len(outputs), -1), ys[:, :-1], src_mask[b : b + 1], causal_mask(max_len)
+            )  # (n, max_len, vocab)
         token_lp = log_probs.gather(2, ys[:, 1:, None])[:, :, 0]  # (n, max_len)
         lengths = torch.tensor([len(o) for o in outputs])
         real = torch.arange(max_len)[None, :] < lengths[:, None]

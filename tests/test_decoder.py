@@ -50,9 +50,7 @@ def reference_call(ref: nn.Module, x: torch.Tensor, memory: torch.Tensor, m: dic
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_decoder_layer_matches_torch(norm_first: bool) -> None:
     ours = DecoderLayer(D_MODEL, HEADS, D_FF, dropout=0.0, norm_first=norm_first).eval()
-    ref = nn.TransformerDecoderLayer(
-        D_MODEL, HEADS, D_FF, dropout=0.0, batch_first=True, norm_first=norm_first
-    ).eval()
+    ref = nn.TransformerDecoderLayer(D_MODEL, HEADS, D_FF, dropout=0.0, batch_first=True, norm_first=norm_first).eval()
     copy_decoder_layer(ours, ref)
     x, memory, m = torch.randn(3, 6, D_MODEL), torch.randn(3, 5, D_MODEL), masks()
     out = ours(x, memory, m["tgt_mask"], m["memory_mask"])

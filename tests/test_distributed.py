@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import MIRROR
+
 from transformer_lib.distributed import train_parallel
 from transformer_lib.train import PRESETS, train
 
@@ -41,9 +41,21 @@ def torchrun(out: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProce
     """``torchrun --standalone --nproc_per_node=nproc -m transformer_lib train ...`` on the CPU, one thread per rank."""
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRANSFORMER_LIB_DATA_MIRROR=str(MIRROR))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "transformer_lib", "train", "--out", str(out), "--no-progress", "--bleu-sentences", "0", *args,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "transformer_lib",
+        "train",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--bleu-sentences",
+        "0",
+        *args,
+    ]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
@@ -72,9 +84,15 @@ def two_processes(tmp_path_factory):
 def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, tmp_path):
     out, _ = two_processes
     config = dataclasses.replace(
-        PRESETS["tiny"], dropout=0.0, max_steps=6, log_every=1, eval_every=1000, save_every=3, train_limit=400,
+        PRESETS["tiny"],
+        dropout=0.0,
+        max_steps=6,
+        log_every=1,
+        eval_every=1000,
+        save_every=3,
+        train_limit=400,
         valid_limit=50,
-    )  # fmt: skip
+    )
     single = train_parallel(config, tmp_path / "one", device="cpu", progress=False, grad_accum=2)
     ddp = step_losses(out)
     assert len(ddp) == len(single["losses"]) == 6
@@ -82,7 +100,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     a, b = weights(out), weights(tmp_path / "one")
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=WEIGHT_ATOL, msg=lambda m: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=WEIGHT_ATOL, msg=lambda m, k=k: f"{k}: {m}")
     # A wrong weighting (e.g. each process's own mean, averaged) would change the losses: the test can fail.
     first_batch_only = dataclasses.replace(config, max_steps=2)
     other = train(first_batch_only, tmp_path / "half", device="cpu", progress=False)
@@ -113,8 +131,16 @@ def test_resume_under_torchrun_is_exact_with_dropout(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert {"step": 3, "event": "resumed"} in read_log(tmp_path / "split")
     # The checkpoint took 2 processes x 1 batch per step: one process must take 2 batches to continue it.
-    config = dataclasses.replace(PRESETS["tiny"], dropout=0.1, max_steps=9, log_every=1, eval_every=1000,
-                                 save_every=3, train_limit=400, valid_limit=50)  # fmt: skip
+    config = dataclasses.replace(
+        PRESETS["tiny"],
+        dropout=0.1,
+        max_steps=9,
+        log_every=1,
+        eval_every=1000,
+        save_every=3,
+        train_limit=400,
+        valid_limit=50,
+    )
     with pytest.raises(ValueError, match=r"2 process\(es\) x grad_accum=1 .* this run 1 x 1; keep the product"):
         train_parallel(config, tmp_path / "split", resume=True, device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"its steps took 2 batches each, this run's take 1"):

@@ -43,10 +43,27 @@ def random_tokens(real: torch.Tensor, vocab: int) -> torch.Tensor:
 @pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_whole_model_matches_torch_transformer(norm_first: bool) -> None:
     # nn.Transformer always ends its encoder and its decoder with a LayerNorm: final_norm=True.
-    model = make_model(SRC_VOCAB, TGT_VOCAB, N=2, d_model=D_MODEL, d_ff=D_FF, h=HEADS, dropout=0.0,
-                       norm_first=norm_first, final_norm=True).eval()  # fmt: skip
-    ref = nn.Transformer(D_MODEL, HEADS, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=D_FF,
-                         dropout=0.0, batch_first=True, norm_first=norm_first).eval()  # fmt: skip
+    model = make_model(
+        SRC_VOCAB,
+        TGT_VOCAB,
+        N=2,
+        d_model=D_MODEL,
+        d_ff=D_FF,
+        h=HEADS,
+        dropout=0.0,
+        norm_first=norm_first,
+        final_norm=True,
+    ).eval()
+    ref = nn.Transformer(
+        D_MODEL,
+        HEADS,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dim_feedforward=D_FF,
+        dropout=0.0,
+        batch_first=True,
+        norm_first=norm_first,
+    ).eval()
     with torch.no_grad():  # non-trivial final norms, so that copying them is tested too
         for norm in (ref.encoder.norm, ref.decoder.norm):
             norm.weight.uniform_(0.5, 1.5)
@@ -286,8 +303,9 @@ SCRIPT = torch.tensor([[5, EOS_ID, 7, 7, 7, 7], [6, 6, 6, EOS_ID, 8, 8]])  # row
 
 def test_greedy_decode_starts_with_bos_stops_at_eos_and_pads_finished_rows() -> None:
     model = ScriptedModel(SCRIPT, vocab=10)
-    out = greedy_decode(model, torch.ones(2, 3, dtype=torch.long), None, max_len=6, bos_id=BOS_ID,
-                        eos_id=EOS_ID, pad_id=PAD_ID)  # fmt: skip
+    out = greedy_decode(
+        model, torch.ones(2, 3, dtype=torch.long), None, max_len=6, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID
+    )
     expected = torch.tensor([[BOS_ID, 5, EOS_ID, PAD_ID, PAD_ID], [BOS_ID, 6, 6, 6, EOS_ID]])
     assert torch.equal(out, expected)  # stopped after 4 steps, not max_len = 6
     assert len(model.fed) == 4
@@ -296,8 +314,9 @@ def test_greedy_decode_starts_with_bos_stops_at_eos_and_pads_finished_rows() -> 
 
 
 def test_greedy_decode_pads_with_eos_when_no_pad_id() -> None:
-    out = greedy_decode(ScriptedModel(SCRIPT, 10), torch.ones(2, 3, dtype=torch.long), None, max_len=6,
-                        bos_id=BOS_ID, eos_id=EOS_ID)  # fmt: skip
+    out = greedy_decode(
+        ScriptedModel(SCRIPT, 10), torch.ones(2, 3, dtype=torch.long), None, max_len=6, bos_id=BOS_ID, eos_id=EOS_ID
+    )
     assert out[0].tolist() == [BOS_ID, 5, EOS_ID, EOS_ID, EOS_ID]
 
 
@@ -352,7 +371,8 @@ def test_tiny_model_learns_to_copy_and_greedy_decode_reproduces_the_examples() -
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
-    out = greedy_decode(model, src, padding_mask(src, PAD_ID), max_len=tgt.size(1) - 1, bos_id=BOS_ID,
-                        eos_id=EOS_ID, pad_id=PAD_ID)  # fmt: skip
+    out = greedy_decode(
+        model, src, padding_mask(src, PAD_ID), max_len=tgt.size(1) - 1, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID
+    )
     padded = F.pad(out, (0, tgt.size(1) - out.size(1)), value=PAD_ID)  # decoding may stop early
     assert torch.equal(padded, tgt)

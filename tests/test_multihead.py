@@ -100,8 +100,9 @@ def test_averaged_attention_weights_match_pytorch():
     ours, ref = make_pair()
     query, memory = torch.randn(BATCH, 4, D_MODEL), torch.randn(BATCH, 6, D_MODEL)
     keep = lengths_to_keep([6, 3, 5], 6)
-    _, expected = ref(query, memory, memory, key_padding_mask=blocked(keep), need_weights=True,
-                      average_attn_weights=True)  # fmt: skip
+    _, expected = ref(
+        query, memory, memory, key_padding_mask=blocked(keep), need_weights=True, average_attn_weights=True
+    )
     ours(query, memory, memory, mask=keep[:, None, None, :])
     assert ours.attn_weights.shape == (BATCH, HEADS, 4, 6)
     close(ours.attn_weights.mean(dim=1), expected)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from transformer_lib.data import MULTI30K_SPLITS
 from transformer_lib.checkpoint import load_translator
+from transformer_lib.data import MULTI30K_SPLITS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "multi30k_de_en.json"
@@ -50,9 +50,22 @@ def test_released_checkpoint_is_fp16_and_loads(results: dict) -> None:
 def test_cli_translates_with_the_released_checkpoint(results: dict) -> None:
     lines = "Ein Hund läuft durch den Schnee.\n\nZwei Männer spielen Fußball.\n"
     out = subprocess.run(
-        [sys.executable, "-m", "transformer_lib", "translate", "--checkpoint", str(ROOT / results["checkpoint"]["path"]), "--beam", "4"],
-        input=lines, capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "transformer_lib",
+            "translate",
+            "--checkpoint",
+            str(ROOT / results["checkpoint"]["path"]),
+            "--beam",
+            "4",
+        ],
+        input=lines,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert out.returncode == 0, out.stderr
     translations = out.stdout.split("\n")[:3]
     assert translations[1] == "", "an empty input line must stay empty"

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
+from conftest import MIRROR
 
 from transformer_lib import data, tokenizer
 from transformer_lib.tokenizer import Tokenizer, train_tokenizer
-
-from conftest import MIRROR
 
 N_PAIRS = 2000  # Multi30k training pairs the module's tokenizer learns from (both languages)
 VOCAB = 1000
@@ -56,7 +54,11 @@ def test_round_trip_of_every_training_sentence(sentences, tok):
 
 @pytest.mark.parametrize(
     "text",
-    ["Ein Mädchen überquert die Straße.", "Zwei Männer, drei „Frauen“ lächeln; ein Kind!", "A dog's ball (red) - it's gone!"],
+    [
+        "Ein Mädchen überquert die Straße.",
+        "Zwei Männer, drei „Frauen“ lächeln; ein Kind!",
+        "A dog's ball (red) - it's gone!",
+    ],
 )
 def test_round_trip_of_umlauts_and_punctuation(sentences, tok, text):
     assert set(text) <= set("".join(sentences)), "every character occurs in the training text"
@@ -139,7 +141,9 @@ def test_bad_model_bytes_are_a_clear_error(tmp_path, tok, payload):
 def test_model_with_other_special_ids_is_rejected(sentences):
     spm = tokenizer._spm()
     model = io.BytesIO()  # SentencePiece's own defaults: unk=0, bos=1, eos=2, no pad
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences[:400]), model_writer=model, vocab_size=300, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences[:400]), model_writer=model, vocab_size=300, minloglevel=2
+    )
     with pytest.raises(ValueError, match="the course expects"):
         Tokenizer(model.getvalue())
 

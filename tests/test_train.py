@@ -27,15 +27,37 @@ OVERFIT_EXACT_FRACTION = 0.75  # share of the 64 training targets greedy decodin
 
 # A small model memorising 64 pairs: no dropout, no smoothing, a moderate peak learning rate.
 OVERFIT = dataclasses.replace(
-    PRESETS["tiny"], name="overfit", train_limit=64, valid_limit=16, vocab_size=300, max_tokens=800, dropout=0.0,
-    label_smoothing=0.0, warmup=30, lr_factor=0.5, max_steps=160, log_every=10, eval_every=80, save_every=40,
+    PRESETS["tiny"],
+    name="overfit",
+    train_limit=64,
+    valid_limit=16,
+    vocab_size=300,
+    max_tokens=800,
+    dropout=0.0,
+    label_smoothing=0.0,
+    warmup=30,
+    lr_factor=0.5,
+    max_steps=160,
+    log_every=10,
+    eval_every=80,
+    save_every=40,
     keep_checkpoints=2,
-)  # fmt: skip
+)
 # For the resume tests: dropout on (the random state must be restored), several epochs, seed != 0.
 RESUME = dataclasses.replace(
-    PRESETS["tiny"], name="resume", train_limit=64, valid_limit=8, vocab_size=300, max_tokens=400, warmup=10,
-    max_steps=12, log_every=2, eval_every=100, save_every=100, seed=3,
-)  # fmt: skip
+    PRESETS["tiny"],
+    name="resume",
+    train_limit=64,
+    valid_limit=8,
+    vocab_size=300,
+    max_tokens=400,
+    warmup=10,
+    max_steps=12,
+    log_every=2,
+    eval_every=100,
+    save_every=100,
+    seed=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +162,9 @@ def test_log_records(run):
         assert {"step", "loss", "lr", "tokens_per_s", "epoch", "elapsed_s"} <= r.keys()
         assert math.isfinite(r["loss"]) and r["tokens_per_s"] > 0
         # the lr the logged step used: the schedule's value at that step
-        assert r["lr"] == pytest.approx(noam_lr(r["step"], OVERFIT.d_model, OVERFIT.warmup, OVERFIT.lr_factor), rel=1e-9)
+        assert r["lr"] == pytest.approx(
+            noam_lr(r["step"], OVERFIT.d_model, OVERFIT.warmup, OVERFIT.lr_factor), rel=1e-9
+        )
         window = summary["losses"][r["step"] - OVERFIT.log_every : r["step"]]
         assert r["loss"] == pytest.approx(sum(window) / len(window), rel=1e-9)
     evals = [r for r in log if r.get("event") == "eval"]
@@ -166,9 +190,14 @@ def test_release_checkpoint_averages_in_fp16_and_translates(run, tmp_path):
     out, _ = run
     path = release_checkpoint(out, tmp_path / "release.pt", average_last=2)
     released = torch.load(path, map_location="cpu", weights_only=False)
-    states = [torch.load(p, map_location="cpu", weights_only=True)["model"] for p in sorted((out / "checkpoints").glob("step_*.pt"))]
+    states = [
+        torch.load(p, map_location="cpu", weights_only=True)["model"]
+        for p in sorted((out / "checkpoints").glob("step_*.pt"))
+    ]
     assert released["averaged"] == 2 == len(states)
-    assert not torch.equal(states[0]["generator.proj.bias"], states[1]["generator.proj.bias"]), "an average of two different states"
+    assert not torch.equal(states[0]["generator.proj.bias"], states[1]["generator.proj.bias"]), (
+        "an average of two different states"
+    )
     for k, v in released["model"].items():
         assert v.dtype == torch.float16, k
         assert torch.equal(v, ((states[0][k].float() + states[1][k].float()) / 2).half()), k
@@ -258,13 +287,21 @@ def consume_rng(model, prepared, step):
 def test_resume_gives_the_same_losses_and_weights(tmp_path):
     half = RESUME.max_steps // 2
     full = train(RESUME, tmp_path / "full", device="cpu", progress=False, on_eval=consume_rng)
-    first = train(dataclasses.replace(RESUME, max_steps=half), tmp_path / "split", device="cpu", progress=False, on_eval=consume_rng)
+    first = train(
+        dataclasses.replace(RESUME, max_steps=half),
+        tmp_path / "split",
+        device="cpu",
+        progress=False,
+        on_eval=consume_rng,
+    )
     stopped = torch.load(tmp_path / "split" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert stopped["step"] == half and stopped["batch_index"] > 0, "the test must stop in the middle of an epoch"
     assert full["epoch"] >= 1, "the test must cross an epoch boundary"
     # A killed run logged steps its checkpoint does not hold (and a line cut short): resume drops them.
     with open(tmp_path / "split" / "log.jsonl", "a") as f:
-        f.write(json.dumps({"step": half + 2, "epoch": 0, "loss": 123.0, "lr": 0.0, "tokens_per_s": 1.0}) + '\n{"step": 1')
+        f.write(
+            json.dumps({"step": half + 2, "epoch": 0, "loss": 123.0, "lr": 0.0, "tokens_per_s": 1.0}) + '\n{"step": 1'
+        )
     second = train(RESUME, tmp_path / "split", resume=True, device="cpu", progress=False, on_eval=consume_rng)
 
     assert second["step"] == RESUME.max_steps
@@ -274,7 +311,9 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert (a["epoch"], a["batch_index"]) == (b["epoch"], b["batch_index"])
     assert b["train_config"]["max_steps"] == RESUME.max_steps
-    step_records = [[(r["step"], r["loss"]) for r in read_log(tmp_path / d) if "event" not in r] for d in ("full", "split")]
+    step_records = [
+        [(r["step"], r["loss"]) for r in read_log(tmp_path / d) if "event" not in r] for d in ("full", "split")
+    ]
     assert step_records[0] == step_records[1], "one record per step, the killed run's extra one dropped"
     assert {"step": half, "event": "resumed"} in read_log(tmp_path / "split")
 
@@ -282,7 +321,13 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
 def test_resume_refuses_a_different_model_and_a_missing_checkpoint(tmp_path):
     train(dataclasses.replace(RESUME, max_steps=2), tmp_path / "run", device="cpu", progress=False)
     with pytest.raises(ValueError, match=r"cannot resume .*checkpoint_last\.pt with a different d_model, lr_factor"):
-        train(dataclasses.replace(RESUME, d_model=32, lr_factor=2.0), tmp_path / "run", resume=True, device="cpu", progress=False)
+        train(
+            dataclasses.replace(RESUME, d_model=32, lr_factor=2.0),
+            tmp_path / "run",
+            resume=True,
+            device="cpu",
+            progress=False,
+        )
     with pytest.raises(FileNotFoundError, match=r"cannot resume: .*empty.*checkpoint_last\.pt does not exist"):
         train(RESUME, tmp_path / "empty", resume=True, device="cpu", progress=False)
     (tmp_path / "run" / "checkpoint_last.pt").write_bytes(b"\x80\x02garbage")
@@ -305,7 +350,9 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(train_module, "label_smoothed_loss", nan_after)
     config = dataclasses.replace(RESUME, max_steps=20, save_every=2, log_every=1)
-    with pytest.raises(TrainingDiverged, match=rf"loss became nan at step {bad_step}.*last good checkpoint is .*checkpoint_last\.pt"):
+    with pytest.raises(
+        TrainingDiverged, match=rf"loss became nan at step {bad_step}.*last good checkpoint is .*checkpoint_last\.pt"
+    ):
         train(config, tmp_path, device="cpu", progress=False)
     ckpt = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     assert ckpt["step"] == (bad_step - 1) // config.save_every * config.save_every

@@ -20,7 +20,12 @@ from matplotlib.colors import to_hex  # noqa: E402
 from transformer_lib.embeddings import sinusoidal_positional_encoding  # noqa: E402
 from transformer_lib.masks import causal_mask, padding_mask, target_mask  # noqa: E402
 from transformer_lib.viz import (  # noqa: E402
-    CHAPTERS_ON_THE_MAP, HIGHLIGHT_EDGE, Explorer, architecture_figure, attention_explorer, mask_explorer,
+    CHAPTERS_ON_THE_MAP,
+    HIGHLIGHT_EDGE,
+    Explorer,
+    architecture_figure,
+    attention_explorer,
+    mask_explorer,
     positional_encoding_explorer,
 )
 
@@ -38,6 +43,7 @@ def close_figures():
 # ---------------------------------------------------------------------------------------------
 # The architecture map
 # ---------------------------------------------------------------------------------------------
+
 
 def blocks(fig) -> dict[str, object]:
     """gid 'block:<key>' -> patch."""
@@ -104,6 +110,7 @@ def test_architecture_figure_is_a_pyplot_figure_so_a_notebook_shows_it() -> None
 # Explorers
 # ---------------------------------------------------------------------------------------------
 
+
 def tick_labels(axis_ticks) -> list[str]:
     return [t.get_text() for t in axis_ticks]
 
@@ -132,10 +139,13 @@ def test_attention_explorer_draws_the_chosen_sentence_layer_and_head_with_tokens
     explorer = attention_explorer(weights, tokens).select(sentence=1, layer=2, head=3)
     ax = explorer.figure().axes[0]
     assert tick_labels(ax.get_xticklabels()) == tokens[1] and tick_labels(ax.get_yticklabels()) == tokens[1]
-    np.testing.assert_allclose(ax.images[0].get_array(), weights[1, 2, 3, :3, :3].numpy(), rtol=1e-6)  # cropped to 3 tokens
+    np.testing.assert_allclose(
+        ax.images[0].get_array(), weights[1, 2, 3, :3, :3].numpy(), rtol=1e-6
+    )  # cropped to 3 tokens
     explorer.select(head=-1)  # the mean of the heads
-    np.testing.assert_allclose(explorer.figure().axes[0].images[0].get_array(), weights[1, 2, :, :3, :3].mean(0).numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        explorer.figure().axes[0].images[0].get_array(), weights[1, 2, :, :3, :3].mean(0).numpy(), rtol=1e-5
+    )
 
 
 def test_attention_explorer_redraws_when_a_control_changes() -> None:
@@ -240,7 +250,9 @@ def test_positional_encoding_explorer_with_a_function_follows_the_sliders() -> N
     assert explorer.selection == {"max_len": 32, "d_model": 16, "pair": 2}  # d_model // 8 by default
     left, right = explorer.figure().axes[:2]
     np.testing.assert_allclose(left.images[0].get_array(), sinusoidal_positional_encoding(32, 16).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(right.lines[0].get_ydata(), sinusoidal_positional_encoding(32, 16)[:, 4].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        right.lines[0].get_ydata(), sinusoidal_positional_encoding(32, 16)[:, 4].numpy(), rtol=1e-6
+    )
     explorer.select(pair=7)
     explorer.widget.children[1].value = 8  # d_model slider -> 8: only pairs 0..3 exist now
     assert explorer.selection["d_model"] == 8 and explorer.selection["pair"] == 3
@@ -296,6 +308,7 @@ def test_the_library_imports_without_ipywidgets() -> None:
 # The book's Sphinx extension: the generated learning-path figure, the script de-duplication
 # ---------------------------------------------------------------------------------------------
 
+
 def load_book_extension():
     spec = importlib.util.spec_from_file_location("course_book", ROOT / "book" / "_ext" / "course_book.py")
     module = importlib.util.module_from_spec(spec)
@@ -321,8 +334,12 @@ def test_scripts_listed_twice_by_sphinx_are_listed_once() -> None:
     from sphinx.builders.html._assets import _JavaScript
 
     inline = "const THEBE_JS_URL = 'x'"
-    scripts = [_JavaScript(None, body=inline), _JavaScript("_static/a.js"), _JavaScript("", body=inline),
-               _JavaScript("_static/a.js", **{"async": "async"})]
+    scripts = [
+        _JavaScript(None, body=inline),
+        _JavaScript("_static/a.js"),
+        _JavaScript("", body=inline),
+        _JavaScript("_static/a.js", **{"async": "async"}),
+    ]
     context = {"script_files": scripts}
     load_book_extension().dedupe_scripts(None, "page", "page.html", context, None)
     assert context["script_files"] is scripts and len(scripts) == 3  # the repeated inline `const` is gone

@@ -62,6 +62,15 @@ def _count(code: set[int], node: ast.AST) -> int:
     return len([n for n in code if first <= n <= node.end_lineno])
 
 
+def _visit(node: ast.AST, module: str, prefix: str, code: set[int], sizes: list[tuple[str, int]]) -> None:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            sizes.append((f"{module}.{prefix}{child.name}", _count(code, child)))
+            _visit(child, module, f"{prefix}{child.name}.", code, sizes)
+        elif isinstance(child, ast.ClassDef):
+            _visit(child, module, f"{prefix}{child.name}.", code, sizes)
+
+
 def function_sizes(package: Path = PACKAGE) -> list[tuple[str, int]]:
     """``(module.qualified_name, code lines)`` of every function and method, largest first."""
     sizes = []
@@ -70,15 +79,7 @@ def function_sizes(package: Path = PACKAGE) -> list[tuple[str, int]]:
         code, tree = code_line_numbers(source), ast.parse(source)
         module = ".".join(path.relative_to(package).with_suffix("").parts)
 
-        def visit(node: ast.AST, prefix: str) -> None:
-            for child in ast.iter_child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    sizes.append((f"{module}.{prefix}{child.name}", _count(code, child)))
-                    visit(child, f"{prefix}{child.name}.")
-                elif isinstance(child, ast.ClassDef):
-                    visit(child, f"{prefix}{child.name}.")
-
-        visit(tree, "")
+        _visit(tree, module, "", code, sizes)
     return sorted(sizes, key=lambda item: -item[1])
 
 

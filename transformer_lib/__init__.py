@@ -16,6 +16,62 @@ from typing import Any
 __version__ = "0.1.0"
 
 # Chapter 1 — why attention: the course toolkit and the RNN baseline
+# Chapter 2 — attention as queries, keys and values
+from .attention import Attention, scaled_dot_product_attention
+from .checkpoint import CHECKPOINT_FORMAT, load_translator, read_checkpoint, release_checkpoint, save_checkpoint
+
+# Chapter 8 — training a translator
+from .data import (
+    CORPORA,
+    MULTI30K_FILES,
+    MULTI30K_SPLITS,
+    Corpus,
+    DataError,
+    RemoteFile,
+    collate,
+    fetch,
+    load_multi30k,
+    load_pairs,
+    register_corpus,
+    token_batches,
+    use_shared_mirror,
+)
+
+# Chapter 9 — decoding and evaluation
+from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences
+
+# Chapter 7 — the decoder and the whole model
+from .decoder import Decoder, DecoderLayer
+
+# Chapter 3 — inputs: embeddings and positional encoding
+from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding, sinusoidal_positional_encoding
+
+# Chapter 6 — the encoder
+from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerConnection
+from .evaluate import corpus_scores, device_description, plot_training_log, translate
+
+# Chapter 4 — masking
+from .masks import causal_mask, padding_mask, target_mask
+from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
+
+# Chapter 5 — multi-head attention
+from .multihead import MultiHeadAttention, fused_attention, merge_heads, split_heads
+from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
+from .tokenizer import UNK_ID, Tokenizer, train_tokenizer
+from .train import (
+    PRESETS,
+    SCHEDULES,
+    PreparedData,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    evaluate_loss,
+    label_smoothed_loss,
+    mixed_precision,
+    noam_lr,
+    prepare_data,
+    train_step,
+)
 from .utils import (
     BOS_ID,
     EOS_ID,
@@ -35,101 +91,142 @@ from .utils import (
     use_course_style,
     write_atomic,
 )
-from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
-
-# Chapter 2 — attention as queries, keys and values
-from .attention import Attention, scaled_dot_product_attention
-
-# Chapter 3 — inputs: embeddings and positional encoding
-from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding, sinusoidal_positional_encoding
-
-# Chapter 4 — masking
-from .masks import causal_mask, padding_mask, target_mask
-
-# Chapter 5 — multi-head attention
-from .multihead import MultiHeadAttention, fused_attention, merge_heads, split_heads
-
-# Chapter 6 — the encoder
-from .encoder import Encoder, EncoderLayer, PositionwiseFeedForward, SublayerConnection
-
-# Chapter 7 — the decoder and the whole model
-from .decoder import Decoder, DecoderLayer
-from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
-
-# Chapter 8 — training a translator
-from .data import (
-    CORPORA,
-    MULTI30K_FILES,
-    MULTI30K_SPLITS,
-    Corpus,
-    DataError,
-    RemoteFile,
-    collate,
-    fetch,
-    load_multi30k,
-    load_pairs,
-    register_corpus,
-    token_batches,
-    use_shared_mirror,
-)
-from .tokenizer import UNK_ID, Tokenizer, train_tokenizer
-from .checkpoint import CHECKPOINT_FORMAT, load_translator, read_checkpoint, release_checkpoint, save_checkpoint
-from .train import (
-    PRESETS,
-    SCHEDULES,
-    PreparedData,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    evaluate_loss,
-    label_smoothed_loss,
-    mixed_precision,
-    noam_lr,
-    prepare_data,
-    train_step,
-)
-
-# Chapter 9 — decoding and evaluation
-from .decode import KVCache, beam_search, decode_step, gnmt_length_penalty, greedy_search, make_decoder, score_sequences
-from .evaluate import corpus_scores, device_description, plot_training_log, translate
 
 # Loaded on first use: module -> its public names.
 _LAZY = {
     "viz": [  # chapter 1's figures and explorers (matplotlib, ipywidgets)
-        "CHAPTERS_ON_THE_MAP", "Explorer", "architecture_figure", "attention_explorer", "mask_explorer",
+        "CHAPTERS_ON_THE_MAP",
+        "Explorer",
+        "architecture_figure",
+        "attention_explorer",
+        "mask_explorer",
         "positional_encoding_explorer",
     ],
     "bench": [  # chapter 10
-        "KNOWN_PEAK_TFLOPS", "TensorMemoryTracker", "Timing", "benchmark", "format_table", "gpu_peak_flops",
-        "matmul_peak_flops", "mfu", "peak_memory", "results_header", "transformer_flops", "write_json_atomic",
+        "KNOWN_PEAK_TFLOPS",
+        "TensorMemoryTracker",
+        "Timing",
+        "benchmark",
+        "format_table",
+        "gpu_peak_flops",
+        "matmul_peak_flops",
+        "mfu",
+        "peak_memory",
+        "results_header",
+        "transformer_flops",
+        "write_json_atomic",
     ],
     "distributed": ["DistributedTrainer", "accumulated_step", "distributed_env", "train_parallel"],  # chapter 10
     "ablations": ["ABLATIONS", "SMOOTH", "SPIKE_NATS", "noam_lr_no_warmup", "stability"],  # chapter 10
     "chinese": [  # chapter 11
-        "TATOEBA_FILE", "load_tatoeba", "CJK_FONT_FAMILIES", "SEED_SENTENCES", "AttentionMap", "SeedSentence",
-        "add_seed_translations", "cross_attention", "find_cjk_font", "plot_cross_attention", "translate_seed_sentences",
+        "TATOEBA_FILE",
+        "load_tatoeba",
+        "CJK_FONT_FAMILIES",
+        "SEED_SENTENCES",
+        "AttentionMap",
+        "SeedSentence",
+        "add_seed_translations",
+        "cross_attention",
+        "find_cjk_font",
+        "plot_cross_attention",
+        "translate_seed_sentences",
         "use_cjk_font",
     ],
-}  # fmt: skip
+}
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = [
-    "BOS_ID", "EOS_ID", "FIRST_SYMBOL_ID", "PAD_ID", "REPOSITORY", "cache_dir", "make_sequence_task",
-    "remove_stale_parts", "repo_file", "repo_root", "resolve_device", "set_seed", "sha256_file", "show_source",
-    "time_it", "use_course_style", "write_atomic", "AdditiveAttention", "RNNDecoder", "RNNEncoder", "Seq2Seq",
-    "make_seq2seq", "Attention", "scaled_dot_product_attention", "Embeddings", "LearnedPositionalEmbedding",
-    "PositionalEncoding", "sinusoidal_positional_encoding", "causal_mask", "padding_mask", "target_mask",
-    "MultiHeadAttention", "fused_attention", "merge_heads", "split_heads", "Encoder", "EncoderLayer",
-    "PositionwiseFeedForward", "SublayerConnection", "Decoder", "DecoderLayer", "Generator", "Transformer",
-    "TransformerConfig", "greedy_decode", "make_model", "CORPORA", "MULTI30K_FILES", "MULTI30K_SPLITS", "Corpus",
-    "DataError", "RemoteFile", "collate", "fetch", "load_multi30k", "load_pairs", "register_corpus",
-    "token_batches", "use_shared_mirror", "UNK_ID", "Tokenizer", "train_tokenizer", "CHECKPOINT_FORMAT",
-    "load_translator", "read_checkpoint", "release_checkpoint", "save_checkpoint", "PRESETS", "SCHEDULES",
-    "PreparedData", "TrainConfig", "Trainer", "TrainingDiverged", "evaluate_loss", "label_smoothed_loss",
-    "mixed_precision", "noam_lr", "prepare_data", "train_step", "KVCache", "beam_search", "decode_step",
-    "gnmt_length_penalty", "greedy_search", "make_decoder", "score_sequences", "corpus_scores",
-    "device_description", "plot_training_log", "translate",
-]  # fmt: skip
+    "BOS_ID",
+    "EOS_ID",
+    "FIRST_SYMBOL_ID",
+    "PAD_ID",
+    "REPOSITORY",
+    "cache_dir",
+    "make_sequence_task",
+    "remove_stale_parts",
+    "repo_file",
+    "repo_root",
+    "resolve_device",
+    "set_seed",
+    "sha256_file",
+    "show_source",
+    "time_it",
+    "use_course_style",
+    "write_atomic",
+    "AdditiveAttention",
+    "RNNDecoder",
+    "RNNEncoder",
+    "Seq2Seq",
+    "make_seq2seq",
+    "Attention",
+    "scaled_dot_product_attention",
+    "Embeddings",
+    "LearnedPositionalEmbedding",
+    "PositionalEncoding",
+    "sinusoidal_positional_encoding",
+    "causal_mask",
+    "padding_mask",
+    "target_mask",
+    "MultiHeadAttention",
+    "fused_attention",
+    "merge_heads",
+    "split_heads",
+    "Encoder",
+    "EncoderLayer",
+    "PositionwiseFeedForward",
+    "SublayerConnection",
+    "Decoder",
+    "DecoderLayer",
+    "Generator",
+    "Transformer",
+    "TransformerConfig",
+    "greedy_decode",
+    "make_model",
+    "CORPORA",
+    "MULTI30K_FILES",
+    "MULTI30K_SPLITS",
+    "Corpus",
+    "DataError",
+    "RemoteFile",
+    "collate",
+    "fetch",
+    "load_multi30k",
+    "load_pairs",
+    "register_corpus",
+    "token_batches",
+    "use_shared_mirror",
+    "UNK_ID",
+    "Tokenizer",
+    "train_tokenizer",
+    "CHECKPOINT_FORMAT",
+    "load_translator",
+    "read_checkpoint",
+    "release_checkpoint",
+    "save_checkpoint",
+    "PRESETS",
+    "SCHEDULES",
+    "PreparedData",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "evaluate_loss",
+    "label_smoothed_loss",
+    "mixed_precision",
+    "noam_lr",
+    "prepare_data",
+    "train_step",
+    "KVCache",
+    "beam_search",
+    "decode_step",
+    "gnmt_length_penalty",
+    "greedy_search",
+    "make_decoder",
+    "score_sequences",
+    "corpus_scores",
+    "device_description",
+    "plot_training_log",
+    "translate",
+]
 __all__ += [name for names in _LAZY.values() for name in names]
 
 

@@ -119,7 +119,9 @@ def check_token_ids(tokens: object, name: str = "tokens", vocab_size: int | None
     if vocab_size is not None and tokens.numel() > 0 and tokens.device.type == "cpu" and not _compiling():
         low, high = int(tokens.min()), int(tokens.max())
         if low < 0 or high >= vocab_size:
-            raise ValueError(f"the ids in {name} must lie in [0, vocab_size={vocab_size}), got ids from {low} to {high}")
+            raise ValueError(
+                f"the ids in {name} must lie in [0, vocab_size={vocab_size}), got ids from {low} to {high}"
+            )
 
 
 def check_token_id(name: str, token_id: object, vocab_size: int) -> None:

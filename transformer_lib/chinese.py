@@ -117,10 +117,27 @@ register_corpus(Corpus("tatoeba", ("zh", "en"), ("test",), _tatoeba_pairs))
 # their own SentencePiece models (few shared pieces, so no shared embeddings); character_coverage < 1
 # maps the rarest Chinese characters to <unk> instead of the vocabulary.
 PRESETS["tatoeba_cpu"] = TrainConfig(
-    name="tatoeba_cpu", dataset="tatoeba", src_lang="zh", tgt_lang="en", vocab_size=4000, joint_vocab=False,
-    share_embeddings=False, character_coverage=0.9995, N=3, d_model=256, d_ff=1024, h=4, dropout=0.2,
-    max_tokens=3000, warmup=400, lr_factor=0.5, max_steps=3000, max_minutes=80, eval_every=300, save_every=150,
-)  # fmt: skip
+    name="tatoeba_cpu",
+    dataset="tatoeba",
+    src_lang="zh",
+    tgt_lang="en",
+    vocab_size=4000,
+    joint_vocab=False,
+    share_embeddings=False,
+    character_coverage=0.9995,
+    N=3,
+    d_model=256,
+    d_ff=1024,
+    h=4,
+    dropout=0.2,
+    max_tokens=3000,
+    warmup=400,
+    lr_factor=0.5,
+    max_steps=3000,
+    max_minutes=80,
+    eval_every=300,
+    save_every=150,
+)
 
 
 @dataclass(frozen=True)
@@ -141,17 +158,32 @@ SEED_SENTENCES: tuple[SeedSentence, ...] = (
     SeedSentence("我欠他一百万", "I owe him a million.", "variant: 100W written out in standard Chinese"),
     SeedSentence("他欠我一百万", "He owes me a million.", "variant: 100W written out in standard Chinese"),
     SeedSentence("他爱我", "He loves me.", "variant: 我爱你 with the order swapped, as article 4 does with 100W"),
-    SeedSentence("注意力就是你所需要的一切", "Attention is all you need.", "the paper's title, cited by articles 2 and 5"),
+    SeedSentence(
+        "注意力就是你所需要的一切", "Attention is all you need.", "the paper's title, cited by articles 2 and 5"
+    ),
 )
 
 # Families with Chinese glyphs, most wanted first: Noto/Source Han (Linux), then Windows and macOS fonts.
 CJK_FONT_FAMILIES: tuple[str, ...] = (
-    "Noto Sans CJK SC", "Source Han Sans SC", "Noto Sans SC", "Noto Serif CJK SC", "WenQuanYi Zen Hei",
-    "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN", "Microsoft YaHei", "SimHei", "PingFang SC",
-    "Heiti SC", "Hiragino Sans GB", "Arial Unicode MS",
-)  # fmt: skip
+    "Noto Sans CJK SC",
+    "Source Han Sans SC",
+    "Noto Sans SC",
+    "Noto Serif CJK SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "Droid Sans Fallback",
+    "AR PL UMing CN",
+    "Microsoft YaHei",
+    "SimHei",
+    "PingFang SC",
+    "Heiti SC",
+    "Hiragino Sans GB",
+    "Arial Unicode MS",
+)
 # File names of such fonts, for fonts installed after matplotlib built its font cache.
-_CJK_FILE = re.compile(r"cjk|sourcehan|notosanssc|wqy|wenquanyi|droidsansfallback|uming|ukai|msyh|simhei|pingfang", re.I)
+_CJK_FILE = re.compile(
+    r"cjk|sourcehan|notosanssc|wqy|wenquanyi|droidsansfallback|uming|ukai|msyh|simhei|pingfang", re.I
+)
 # matplotlib's warning for a character that no font in the family list can draw.
 _GLYPH_WARNING = r"Glyph \d+ .* missing from (current )?font"
 
@@ -218,15 +250,24 @@ def translate_seed_sentences(
     sources = [s.chinese for s in seeds]
     outputs = {
         "greedy": translate(model, src_tok, tgt_tok, sources, decoder=make_decoder("greedy")),
-        "beam": translate(model, src_tok, tgt_tok, sources,
-                          decoder=make_decoder("beam", beam_size=beam_size, length_penalty=length_penalty)),
-    }  # fmt: skip
+        "beam": translate(
+            model,
+            src_tok,
+            tgt_tok,
+            sources,
+            decoder=make_decoder("beam", beam_size=beam_size, length_penalty=length_penalty),
+        ),
+    }
     return [
         {
-            "chinese": s.chinese, "reference": s.english, "origin": s.origin, "pieces": src_tok.pieces(s.chinese),
+            "chinese": s.chinese,
+            "reference": s.english,
+            "origin": s.origin,
+            "pieces": src_tok.pieces(s.chinese),
             "unknown": src_tok.encode(s.chinese).count(src_tok.unk_id),
-            "greedy": outputs["greedy"][i], "beam": outputs["beam"][i],
-        }  # fmt: skip
+            "greedy": outputs["greedy"][i],
+            "beam": outputs["beam"][i],
+        }
         for i, s in enumerate(seeds)
     ]
 

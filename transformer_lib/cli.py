@@ -101,7 +101,11 @@ def _train(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         hyps = translate(model, data.src_tok, data.tgt_tok, sources, batch_size=100)
         scores = corpus_scores(hyps, refs, "zh" if config.tgt_lang == "zh" else "13a")
-        return {"val_bleu_greedy": scores["bleu"], "val_bleu_sentences": len(hyps), "bleu_s": time.perf_counter() - start}
+        return {
+            "val_bleu_greedy": scores["bleu"],
+            "val_bleu_sentences": len(hyps),
+            "bleu_s": time.perf_counter() - start,
+        }
 
     env = distributed_env()
     options = dict(resume=args.resume, device=device, progress=not args.no_progress, on_eval=on_eval)
@@ -157,7 +161,7 @@ def _is_blank(line: str) -> bool:
 
 
 def _stdin_chunks(size: int) -> Iterator[list[str]]:
-    """Lines of standard input, ``size`` at a time; bytes that are not UTF-8 become U+FFFD (-> <unk>), never an error."""
+    """Lines of standard input, ``size`` at a time; bytes that are not UTF-8 become U+FFFD (-> <unk>), no error."""
     buffer = getattr(sys.stdin, "buffer", None)
     lines = (raw.decode("utf-8", errors="replace") for raw in buffer) if buffer is not None else iter(sys.stdin)
     chunk: list[str] = []
@@ -236,7 +240,10 @@ def _choose_weights(args: argparse.Namespace, run: Path, config, step: int) -> d
             model, src_tok, tgt_tok = load_translator(path, args.device)
             hyps = translate(model, src_tok, tgt_tok, [s for s, _ in valid])
             bleu[k] = corpus_scores(hyps, [t for _, t in valid], tokenize)["bleu"]
-            print(f"weights averaged over {k} checkpoint(s): validation BLEU (greedy, {len(valid)} sentences) {bleu[k]:.2f}")
+            print(
+                f"weights averaged over {k} checkpoint(s): validation BLEU "
+                f"(greedy, {len(valid)} sentences) {bleu[k]:.2f}"
+            )
         best = max(bleu, key=bleu.get)
         write_atomic(args.out, (Path(tmp) / f"avg{best}.pt").read_bytes())
     saved = sorted((run / "checkpoints").glob("step_*.pt"))[-best:]  # what the k > 1 candidate averaged
@@ -293,7 +300,7 @@ def _release(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(full["train_config"])  # the run's dataset and languages
     choice = _choose_weights(args, run, config, full["step"])
     model, src_tok, tgt_tok = load_translator(out, args.device)
-    # The SentencePiece model(s) beside the checkpoint: X.spm.model when joint, else X.src.spm.model and X.tgt.spm.model.
+    # The SentencePiece model(s) beside the checkpoint: X.spm.model when joint, else X.src.spm.model, X.tgt.spm.model.
     if tgt_tok.model_bytes == src_tok.model_bytes:
         spm_paths = {src_tok.save(out.with_suffix(".spm.model"))}
     else:
@@ -322,12 +329,16 @@ def _release(args: argparse.Namespace) -> int:
     }
     write_atomic(results_path, json.dumps(results, indent=2, ensure_ascii=False) + "\n")  # never half-written
     print(f"BLEU signature: {signatures.get('bleu_signature')}\nchrF signature: {signatures.get('chrf_signature')}")
-    print(f"wrote {out}, {', '.join(map(str, sorted(spm_paths)))}, {results_path}, {stem}_log.jsonl and {stem}_curves.png")
+    print(
+        f"wrote {out}, {', '.join(map(str, sorted(spm_paths)))}, {results_path}, {stem}_log.jsonl and {stem}_curves.png"
+    )
     return 0
 
 
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--beam", type=_positive_int, default=4, metavar="N", help="beam size; 1 = greedy search (default 4)")
+    p.add_argument(
+        "--beam", type=_positive_int, default=4, metavar="N", help="beam size; 1 = greedy search (default 4)"
+    )
     p.add_argument(
         "--length-penalty",
         type=_non_negative_float,
@@ -370,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument(
-        "--max-src-len", type=_positive_int, default=256, help="longer inputs are cut to this many tokens (with a warning)"
+        "--max-src-len",
+        type=_positive_int,
+        default=256,
+        help="longer inputs are cut to this many tokens (with a warning)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=64, help="lines translated (and printed) together")
     _add_decoding_arguments(p)

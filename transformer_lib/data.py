@@ -96,6 +96,8 @@ _MULTI30K_SHA256 = {
 MULTI30K_FILES = {
     name: RemoteFile("multi30k", name, _MULTI30K_URL.format(name), sha) for name, sha in _MULTI30K_SHA256.items()
 }
+
+
 def fetch(remote: RemoteFile, cache: Path | str | None = None, mirror: Path | str | None = None) -> Path:
     """Return the verified local path of ``remote``, copying or downloading it first if needed.
 
@@ -256,7 +258,10 @@ def token_batches(
 
 
 def collate(
-    examples: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID
+    examples: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int = PAD_ID,
+    bos_id: int = BOS_ID,
+    eos_id: int = EOS_ID,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Pad a list of ``(source_ids, target_ids)`` into tensors for teacher forcing.
 

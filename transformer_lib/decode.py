@@ -105,7 +105,7 @@ class KVCache:
 
 
 def _attend(attn: MultiHeadAttention, Q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None) -> Tensor:
-    """``attn``'s heads for queries ``Q`` ``(batch, heads, 1, d_k)`` over ``K``, ``V``, mixed by W_O: ``(batch, 1, d_model)``."""
+    """The heads of ``attn`` for queries ``Q`` ``(batch, heads, 1, d_k)`` over ``K`` and ``V``, mixed by W_O."""
     return attn.W_O(merge_heads(attn.attend(Q, K, V, mask)))  # the same attention as in training (fused or not)
 
 
@@ -450,5 +450,7 @@ def make_decoder(
             model, src, src_mask, max_len, bos_id, eos_id, pad_id, beam_size, length_penalty, use_cache=use_cache
         )
 
-    decoder.__doc__ = f"{method} decoding" + (f" (beam {beam_size}, alpha {length_penalty})" if method == "beam" else "")
+    decoder.__doc__ = f"{method} decoding" + (
+        f" (beam {beam_size}, alpha {length_penalty})" if method == "beam" else ""
+    )
     return decoder

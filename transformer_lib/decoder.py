@@ -55,7 +55,10 @@ class DecoderLayer(nn.Module):
 
 
 class Decoder(nn.Module):
-    """A stack of N decoder layers; ``final_norm`` as in ``Encoder``."""
+    """A stack of N decoder layers; ``final_norm`` as in ``Encoder``.
+
+    (A deliberate twin of ``encoder.Encoder``: each chapter shows its stack whole.)
+    """
 
     def __init__(
         self,

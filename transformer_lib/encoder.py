@@ -35,7 +35,7 @@ class PositionwiseFeedForward(nn.Module):
 
 
 class SublayerConnection(nn.Module):
-    """"Add & Norm" around a sub-layer: post-LN ``norm(x + sublayer(x))`` or pre-LN ``x + sublayer(norm(x))``."""
+    """ "Add & Norm" around a sub-layer: post-LN ``norm(x + sublayer(x))`` or pre-LN ``x + sublayer(norm(x))``."""
 
     def __init__(self, d_model: int, dropout: float = 0.1, norm_first: bool = False, eps: float = 1e-5) -> None:
         super().__init__()

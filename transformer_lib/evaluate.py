@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Callable
 
 import torch
 
-from .masks import padding_mask
 from .decode import make_decoder
+from .masks import padding_mask
 from .model import Transformer
 from .tokenizer import Tokenizer
 
@@ -39,9 +39,11 @@ def corpus_scores(hypotheses: list[str], references: list[str], tokenize: str = 
     bleu, chrf = sacrebleu.metrics.BLEU(tokenize=tokenize), sacrebleu.metrics.CHRF()
     b, c = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
     return {
-        "bleu": b.score, "chrf": c.score,
-        "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
-    }  # fmt: skip
+        "bleu": b.score,
+        "chrf": c.score,
+        "bleu_signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+    }
 
 
 @torch.no_grad()
@@ -58,7 +60,8 @@ def translate(
     """Translate ``sentences`` in batches (sorted by length for speed), returning text in input order.
 
     ``decoder(model, src, src_mask, max_len)`` returns token ids ``(batch, len)`` starting with
-    ``<bos>``; the default is greedy search with the key/value cache. Sources longer than ``max_src_len`` tokens are cut.
+    ``<bos>``; the default is greedy search with the key/value cache. Sources longer than ``max_src_len`` tokens
+    are cut.
     """
     model.eval()
     device = next(model.parameters()).device

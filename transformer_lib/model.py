@@ -17,9 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .decoder import Decoder
-from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding
-from .encoder import Encoder
 from .checks import (
     check_choice,
     check_divisible,
@@ -29,6 +26,9 @@ from .checks import (
     check_token_id,
     check_token_ids,
 )
+from .decoder import Decoder
+from .embeddings import Embeddings, LearnedPositionalEmbedding, PositionalEncoding
+from .encoder import Encoder
 from .masks import causal_mask
 
 __all__ = ["TransformerConfig", "Generator", "Transformer", "make_model", "greedy_decode"]
@@ -86,9 +86,16 @@ class Transformer(nn.Module):
         super().__init__()
         c = self.config = config
         layer_args = dict(
-            d_model=c.d_model, num_heads=c.h, d_ff=c.d_ff, N=c.N, dropout=c.dropout, norm_first=c.norm_first,
-            final_norm=c.final_norm, layer_norm_eps=c.layer_norm_eps, fused=c.fused,
-        )  # fmt: skip
+            d_model=c.d_model,
+            num_heads=c.h,
+            d_ff=c.d_ff,
+            N=c.N,
+            dropout=c.dropout,
+            norm_first=c.norm_first,
+            final_norm=c.final_norm,
+            layer_norm_eps=c.layer_norm_eps,
+            fused=c.fused,
+        )
         self.encoder = Encoder(**layer_args)
         self.decoder = Decoder(**layer_args)
         self.src_embed = Embeddings(c.src_vocab, c.d_model)
@@ -107,9 +114,7 @@ class Transformer(nn.Module):
         """Source ids ``(batch, src_len)`` -> memory ``(batch, src_len, d_model)``."""
         return self.encoder(self.src_pos(self.src_embed(src)), src_mask)
 
-    def decode(
-        self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor, tgt_mask: Tensor | None = None
-    ) -> Tensor:
+    def decode(self, memory: Tensor, src_mask: Tensor | None, tgt: Tensor, tgt_mask: Tensor | None = None) -> Tensor:
         """Target ids ``(batch, tgt_len)`` and memory -> decoder states ``(batch, tgt_len, d_model)``."""
         return self.decoder(self.tgt_pos(self.tgt_embed(tgt)), memory, tgt_mask, src_mask)
 
@@ -142,9 +147,16 @@ def make_model(
     ``TransformerConfig``, which checks every size.
     """
     config = TransformerConfig(
-        src_vocab, tgt_vocab, N=N, d_model=d_model, d_ff=d_ff, h=h, dropout=dropout,
-        share_embeddings=share_embeddings, **config_kwargs,
-    )  # fmt: skip
+        src_vocab,
+        tgt_vocab,
+        N=N,
+        d_model=d_model,
+        d_ff=d_ff,
+        h=h,
+        dropout=dropout,
+        share_embeddings=share_embeddings,
+        **config_kwargs,
+    )
     return Transformer(config)
 
 

@@ -13,7 +13,6 @@ in one big matrix.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -108,11 +108,14 @@ def train_tokenizer(
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
-            pad_id=PAD, bos_id=BOS, eos_id=EOS, unk_id=UNK,
+            pad_id=PAD,
+            bos_id=BOS,
+            eos_id=EOS,
+            unk_id=UNK,
             seed_sentencepiece_size=seed_sentencepiece_size,
             num_threads=2,
             minloglevel=2,  # quiet
-        )  # fmt: skip
+        )
     except RuntimeError as e:  # e.g. "Vocabulary size too high (8000). Please set it to a value <= 715."
         raise ValueError(
             f"SentencePiece could not train a {model_type} model with vocab_size={vocab_size} on "

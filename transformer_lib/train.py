@@ -66,6 +66,7 @@ SCHEDULES: dict[str, Callable[[int, TrainConfig], float]] = {
     "noam": lambda step, c: noam_lr(step, c.d_model, c.warmup, c.lr_factor),
 }
 
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on. Presets: ``PRESETS["tiny" | "multi30k" | "multi30k_cpu"]``."""
@@ -116,23 +117,36 @@ class TrainConfig:
     def model_config(self, src_vocab: int, tgt_vocab: int) -> TransformerConfig:
         """The ``TransformerConfig`` this run trains (PyTorch's fused attention, 512 positions)."""
         return TransformerConfig(
-            src_vocab, tgt_vocab, N=self.N, d_model=self.d_model, d_ff=self.d_ff, h=self.h, dropout=self.dropout,
-            share_embeddings=self.share_embeddings, norm_first=self.norm_first, positional=self.positional,
-            fused=True, max_len=512,
-        )  # fmt: skip
+            src_vocab,
+            tgt_vocab,
+            N=self.N,
+            d_model=self.d_model,
+            d_ff=self.d_ff,
+            h=self.h,
+            dropout=self.dropout,
+            share_embeddings=self.share_embeddings,
+            norm_first=self.norm_first,
+            positional=self.positional,
+            fused=True,
+            max_len=512,
+        )
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         """The config a checkpoint stores (``dataclasses.asdict``), also from older versions of the library."""
-        values = dict(values)
-        values.pop("grad_accum", None)  # now an argument of chapter 10's DistributedTrainer
-        if values.pop("warmup_ramp", True) is False:  # the ablations' schedule without warmup (chapter 10)
-            values["schedule"] = "noam_no_warmup"
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"the training config has fields this version does not know: {', '.join(unknown)}")
-        return cls(**values)
+        return cls(**_current_fields(values, {f.name for f in dataclasses.fields(cls)}))
+
+
+def _current_fields(values: dict, known: set[str]) -> dict:
+    """A stored config's fields as this version names them; a field it does not know is an error."""
+    values = dict(values)
+    values.pop("grad_accum", None)  # now an argument of chapter 10's DistributedTrainer
+    if values.pop("warmup_ramp", True) is False:  # the ablations' schedule without warmup (chapter 10)
+        values["schedule"] = "noam_no_warmup"
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"the training config has fields this version does not know: {', '.join(unknown)}")
+    return values
 
 
 def _check_train_config(c: TrainConfig) -> None:
@@ -168,21 +182,58 @@ def _check_train_config(c: TrainConfig) -> None:
 
 
 PRESETS: dict[str, TrainConfig] = {
-        # Seconds on a laptop CPU: a 2-layer model on 2,000 pairs. For tests and chapter 8.
-        "tiny": TrainConfig(
-            name="tiny", train_limit=2000, valid_limit=200, vocab_size=1000, N=2, d_model=64, d_ff=256, h=4,
-            max_tokens=1200, warmup=100, lr_factor=1.0, max_steps=300, log_every=20, eval_every=100, save_every=100,
-        ),  # fmt: skip
-        # The full run for one GPU.
-        "multi30k": TrainConfig(
-            name="multi30k", vocab_size=8000, N=6, d_model=512, d_ff=2048, h=8, dropout=0.1, max_tokens=16384,
-            warmup=2000, lr_factor=1.0, max_steps=8000, eval_every=1000, save_every=500, compile=True,
-        ),  # fmt: skip
-        # The released CPU translator: 1,800 steps, about 70 minutes on 2 cores.
-        "multi30k_cpu": TrainConfig(
-            name="multi30k_cpu", vocab_size=8000, N=3, d_model=256, d_ff=1024, h=4, dropout=0.1, max_tokens=3000,
-            warmup=400, lr_factor=0.5, max_steps=1800, max_minutes=None, eval_every=400, save_every=200,
-        ),  # fmt: skip
+    # Seconds on a laptop CPU: a 2-layer model on 2,000 pairs. For tests and chapter 8.
+    "tiny": TrainConfig(
+        name="tiny",
+        train_limit=2000,
+        valid_limit=200,
+        vocab_size=1000,
+        N=2,
+        d_model=64,
+        d_ff=256,
+        h=4,
+        max_tokens=1200,
+        warmup=100,
+        lr_factor=1.0,
+        max_steps=300,
+        log_every=20,
+        eval_every=100,
+        save_every=100,
+    ),
+    # The full run for one GPU.
+    "multi30k": TrainConfig(
+        name="multi30k",
+        vocab_size=8000,
+        N=6,
+        d_model=512,
+        d_ff=2048,
+        h=8,
+        dropout=0.1,
+        max_tokens=16384,
+        warmup=2000,
+        lr_factor=1.0,
+        max_steps=8000,
+        eval_every=1000,
+        save_every=500,
+        compile=True,
+    ),
+    # The released CPU translator: 1,800 steps, about 70 minutes on 2 cores.
+    "multi30k_cpu": TrainConfig(
+        name="multi30k_cpu",
+        vocab_size=8000,
+        N=3,
+        d_model=256,
+        d_ff=1024,
+        h=4,
+        dropout=0.1,
+        max_tokens=3000,
+        warmup=400,
+        lr_factor=0.5,
+        max_steps=1800,
+        max_minutes=None,
+        eval_every=400,
+        save_every=200,
+    ),
 }
 
 # Fields a resumed run may change: how long it runs and how often it logs, evaluates and saves.
@@ -260,7 +311,9 @@ def prepare_data(
     return data
 
 
-def _tokenizers(config: TrainConfig, pairs: list[tuple[str, str]], saved_in: Path | None) -> tuple[Tokenizer, Tokenizer]:
+def _tokenizers(
+    config: TrainConfig, pairs: list[tuple[str, str]], saved_in: Path | None
+) -> tuple[Tokenizer, Tokenizer]:
     """The run's source and target tokenizers: those saved in ``saved_in`` if they fit, else trained on ``pairs``."""
     names = ("spm.model", "spm.model") if config.joint_vocab else ("spm.src.model", "spm.tgt.model")
     if saved_in is not None and all((saved_in / n).is_file() for n in names):  # resuming
@@ -542,13 +595,20 @@ class Trainer:
             now = time.perf_counter()
             window = self.losses[-c.log_every :]
             record = {
-                "step": self.step, "epoch": self.epoch, "loss": sum(window) / len(window), "lr": lr,
-                "tokens_per_s": self.window_tokens / max(now - self.window_start, 1e-9), "elapsed_s": self.elapsed,
-                "grad_norm": sum(self.grad_norms) / len(self.grad_norms), "grad_norm_max": max(self.grad_norms),
-            }  # fmt: skip
+                "step": self.step,
+                "epoch": self.epoch,
+                "loss": sum(window) / len(window),
+                "lr": lr,
+                "tokens_per_s": self.window_tokens / max(now - self.window_start, 1e-9),
+                "elapsed_s": self.elapsed,
+                "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+                "grad_norm_max": max(self.grad_norms),
+            }
             self.log.write(record)
             if self.bar is not None:
-                self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                self.bar.set_postfix(
+                    loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}"
+                )
             self.grad_norms.clear()
             self.window_tokens, self.window_start = 0, now
 

@@ -50,7 +50,6 @@ __all__ = [
 PAD_ID, BOS_ID, EOS_ID, FIRST_SYMBOL_ID = 0, 1, 2, 3
 
 
-
 # Where the corpora and downloaded repository files are kept (see ``cache_dir``).
 CACHE_ENV = "TRANSFORMER_LIB_CACHE"
 # The course repository on GitHub (the same as _config.yml's repository.url) and its published branch.
@@ -86,7 +85,7 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[IO[bytes
 
 
 def remove_stale_parts(folder: str | os.PathLike, name: str = "*") -> list[Path]:
-    """Delete the temporary files ``write_atomic`` left in ``folder`` (for ``name``) when a process was killed mid-write."""
+    """Delete the temporary files ``write_atomic`` left in ``folder`` (for ``name``) by a process killed mid-write."""
     stale = sorted(Path(folder).glob(f".{name}.*.part"))
     for part in stale:
         part.unlink(missing_ok=True)
@@ -133,7 +132,9 @@ def repo_file(relative: str) -> Path:
             with urllib.request.urlopen(url, timeout=60) as response:
                 write_atomic(cached, lambda f: shutil.copyfileobj(response, f))
         except OSError as e:
-            raise FileNotFoundError(f"{relative} is not in this checkout and could not be downloaded from {url}: {e}")
+            raise FileNotFoundError(
+                f"{relative} is not in this checkout and could not be downloaded from {url}: {e}"
+            ) from e
     return cached
 
 
@@ -204,7 +205,9 @@ def make_sequence_task(
     if num_examples <= 0 or num_symbols <= 0:
         raise ValueError(f"num_examples and num_symbols must be positive, got {num_examples} and {num_symbols}")
     lengths = torch.randint(min_len, max_len + 1, (num_examples,), generator=generator)  # (n,)
-    symbols = torch.randint(FIRST_SYMBOL_ID, FIRST_SYMBOL_ID + num_symbols, (num_examples, max_len), generator=generator)
+    symbols = torch.randint(
+        FIRST_SYMBOL_ID, FIRST_SYMBOL_ID + num_symbols, (num_examples, max_len), generator=generator
+    )
     positions = torch.arange(max_len)  # (max_len,)
     real = positions[None, :] < lengths[:, None]  # (n, max_len): True on the real symbols
     src = symbols.masked_fill(~real, PAD_ID)  # (n, max_len)

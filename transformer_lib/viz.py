@@ -46,8 +46,16 @@ HIGHLIGHT_EDGE = "#c62828"  # edge of the blocks a chapter builds
 _FADED_FACE, _FADED_EDGE, _FADED_TEXT = "#f3f3f3", "#cfcfcf", "#a6a6a6"
 _EDGE, _TEXT = "#4d4d4d", "#1f1f1f"
 _FACE = {  # one colour per kind of block, as in the paper's figure
-    "io": "#e7e6f7", "embed": "#f8d7e3", "attn": "#fde1bf", "core": "#f9bd7f", "mask": "#d4ebcf",
-    "cache": "#d3e4f5", "norm": "#fff1ad", "ffn": "#cde5f6", "frame": "#fbfbfb", "linear": "#e2d6f2",
+    "io": "#e7e6f7",
+    "embed": "#f8d7e3",
+    "attn": "#fde1bf",
+    "core": "#f9bd7f",
+    "mask": "#d4ebcf",
+    "cache": "#d3e4f5",
+    "norm": "#fff1ad",
+    "ffn": "#cde5f6",
+    "frame": "#fbfbfb",
+    "linear": "#e2d6f2",
     "extra": "#e3f1ee",
 }
 
@@ -70,8 +78,14 @@ class _Block:
 _ENC_X, _DEC_X, _BOX_W = 5.5, 45.5, 25.0  # left edges of the two columns, width of their boxes
 
 
-def _attention(x: float, y: float, key: str, label: str, chapters: tuple[int, ...],
-               tags: Sequence[tuple[str, str, str, tuple[int, ...]]]) -> list[_Block]:
+def _attention(
+    x: float,
+    y: float,
+    key: str,
+    label: str,
+    chapters: tuple[int, ...],
+    tags: Sequence[tuple[str, str, str, tuple[int, ...]]],
+) -> list[_Block]:
     """An attention box (chapter 5's module, used by chapter 7) around its scaled dot-product core (chapter 2)."""
     blocks = [
         _Block(key, label, x, y, _BOX_W, 10.5, "attn", chapters),
@@ -79,7 +93,9 @@ def _attention(x: float, y: float, key: str, label: str, chapters: tuple[int, ..
     ]
     tag_h = 10.5 / len(tags) - 0.4
     for i, (tag_key, tag_label, kind, tag_chapters) in enumerate(tags):
-        blocks.append(_Block(tag_key, tag_label, x + _BOX_W + 0.8, y + i * (tag_h + 0.4), 8.0, tag_h, kind, tag_chapters, 8.5))
+        blocks.append(
+            _Block(tag_key, tag_label, x + _BOX_W + 0.8, y + i * (tag_h + 0.4), 8.0, tag_h, kind, tag_chapters, 8.5)
+        )
     return blocks
 
 
@@ -96,18 +112,31 @@ def _blocks() -> list[_Block]:
         _Block("src_positions", "+ positional encoding", e, 19, w, 4.5, "embed", (3,)),
         _Block("tgt_positions", "+ positional encoding", d, 19, w, 4.5, "embed", (3,)),
     ]
-    blocks += _attention(e, 28, "enc_attn", "multi-head\nself-attention", (5,),
-                         [("enc_padding_mask", "padding\nmask", "mask", (4,))])
+    blocks += _attention(
+        e, 28, "enc_attn", "multi-head\nself-attention", (5,), [("enc_padding_mask", "padding\nmask", "mask", (4,))]
+    )
     blocks += [
         _Block("enc_add_norm_1", "Add & Norm", e, 41.5, w, 4, "norm", (6,)),
         _Block("enc_ffn", "feed-forward network", e, 48.5, w, 5, "ffn", (6,)),
         _Block("enc_add_norm_2", "Add & Norm", e, 56, w, 4, "norm", (6,)),
     ]
-    blocks += _attention(d, 28, "dec_self_attn", "masked multi-head\nself-attention", (7, 5),
-                         [("dec_kv_cache", "KV cache", "cache", (9, 10)), ("dec_causal_mask", "causal\nmask", "mask", (4,))])
+    blocks += _attention(
+        d,
+        28,
+        "dec_self_attn",
+        "masked multi-head\nself-attention",
+        (7, 5),
+        [("dec_kv_cache", "KV cache", "cache", (9, 10)), ("dec_causal_mask", "causal\nmask", "mask", (4,))],
+    )
     blocks += [_Block("dec_add_norm_1", "Add & Norm", d, 41.5, w, 4, "norm", (6,))]
-    blocks += _attention(d, 48.5, "dec_cross_attn", "multi-head\ncross-attention", (7, 5),
-                         [("cross_kv_cache", "KV cache", "cache", (9, 10)), ("cross_padding_mask", "padding\nmask", "mask", (4,))])
+    blocks += _attention(
+        d,
+        48.5,
+        "dec_cross_attn",
+        "multi-head\ncross-attention",
+        (7, 5),
+        [("cross_kv_cache", "KV cache", "cache", (9, 10)), ("cross_padding_mask", "padding\nmask", "mask", (4,))],
+    )
     blocks += [
         _Block("dec_add_norm_2", "Add & Norm", d, 62, w, 4, "norm", (6,)),
         _Block("dec_ffn", "feed-forward network", d, 69, w, 5, "ffn", (6,)),
@@ -129,8 +158,18 @@ def _blocks() -> list[_Block]:
 # The main flow: each column from its tokenizer up, then the memory link and the output.
 _FLOWS = (
     ("src_tokenizer", "src_embedding", "src_positions", "enc_attn", "enc_add_norm_1", "enc_ffn", "enc_add_norm_2"),
-    ("tgt_tokenizer", "tgt_embedding", "tgt_positions", "dec_self_attn", "dec_add_norm_1", "dec_cross_attn",
-     "dec_add_norm_2", "dec_ffn", "dec_add_norm_3", "generator"),
+    (
+        "tgt_tokenizer",
+        "tgt_embedding",
+        "tgt_positions",
+        "dec_self_attn",
+        "dec_add_norm_1",
+        "dec_cross_attn",
+        "dec_add_norm_2",
+        "dec_ffn",
+        "dec_add_norm_3",
+        "generator",
+    ),
 )
 
 
@@ -138,9 +177,14 @@ def _check_chapter(chapter: object) -> None:
     """Raise ``ValueError`` unless ``chapter`` is None or a chapter on the map."""
     if chapter is None:
         return
-    if isinstance(chapter, bool) or not isinstance(chapter, (int, np.integer)) or int(chapter) not in CHAPTERS_ON_THE_MAP:
+    if (
+        isinstance(chapter, bool)
+        or not isinstance(chapter, (int, np.integer))
+        or int(chapter) not in CHAPTERS_ON_THE_MAP
+    ):
         raise ValueError(
-            f"chapter must be None or an integer from {CHAPTERS_ON_THE_MAP[0]} to {CHAPTERS_ON_THE_MAP[-1]}, got {chapter!r}"
+            f"chapter must be None or an integer from {CHAPTERS_ON_THE_MAP[0]} to {CHAPTERS_ON_THE_MAP[-1]}, "
+            f"got {chapter!r}"
         )
 
 
@@ -156,7 +200,6 @@ def architecture_figure(chapter: int | None = None) -> "Figure":
     """
     _check_chapter(chapter)
     import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     with plt.rc_context():
         use_course_style()
@@ -165,62 +208,121 @@ def architecture_figure(chapter: int | None = None) -> "Figure":
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.axis("off")
-        grey = "#555555"
-        by_key = {}
-        for b in _blocks():
-            by_key[b.key] = b
-            on = chapter is None or chapter in b.chapters
-            highlighted = chapter is not None and on
-            face = _FACE[b.kind] if on else _FADED_FACE
-            edge = HIGHLIGHT_EDGE if highlighted else (_EDGE if on else _FADED_EDGE)
-            patch = FancyBboxPatch((b.x, b.y), b.w, b.h, boxstyle="round,pad=0,rounding_size=0.7", facecolor=face,
-                                   edgecolor=edge, linewidth=2.8 if highlighted else 1.0, gid=f"block:{b.key}",
-                                   linestyle="--" if b.kind == "frame" else "-", zorder=1 if b.kind == "frame" else 2)
-            ax.add_patch(patch)
-            text = dict(ha="center", va="center", fontsize=b.fontsize, color=_TEXT if on else _FADED_TEXT,
-                        weight="bold" if highlighted else "normal", zorder=3, linespacing=1.1)
-            if b.kind == "attn":  # the label sits above the core strip
-                ax.text(b.x + b.w / 2, b.y + b.h - 2.9, b.label, **text)
-            elif b.label:
-                ax.text(b.x + b.w / 2, b.y + b.h / 2, b.label, **text)
-            badge_at = (b.x + 1.8, b.y + b.h - 1.8) if b.kind == "frame" else (b.x + b.w - 0.2, b.y + b.h - 0.2)
-            badge_face = (HIGHLIGHT_EDGE if highlighted else grey) if on else "#c4c4c4"
-            ax.text(*badge_at, str(b.chapters[0]), ha="center", va="center", fontsize=8, weight="bold", color="white",
-                    zorder=5, gid=f"badge:{b.key}", bbox=dict(boxstyle="circle,pad=0.2", facecolor=badge_face, edgecolor="none"))
-
-        def arrow(points: list[tuple[float, float]]) -> None:
-            for start, end in zip(points[:-2], points[1:-1]):
-                ax.plot([start[0], end[0]], [start[1], end[1]], color="#666666", lw=1.2, zorder=1.5)
-            ax.add_patch(FancyArrowPatch(points[-2], points[-1], arrowstyle="-|>", mutation_scale=10, color="#666666",
-                                         lw=1.2, zorder=1.5))
-
-        for flow, bottom_text, top_text in zip(_FLOWS, ("source sentence", "target so far (shifted right)"),
-                                               (None, "probabilities of the next token")):
-            first = by_key[flow[0]]
-            x = first.x + first.w / 2
-            ax.text(x, 1.0, bottom_text, ha="center", fontsize=10, style="italic")
-            arrow([(x, 3.3), (x, first.y)])
-            for lower, upper in zip(flow[:-1], flow[1:]):
-                arrow([(x, by_key[lower].y + by_key[lower].h), (x, by_key[upper].y)])
-            if top_text:
-                last = by_key[flow[-1]]
-                arrow([(x, last.y + last.h), (x, 92.3)])
-                ax.text(x, 92.6, top_text, ha="center", va="bottom", fontsize=10, style="italic")
-        enc, cross = by_key["encoder_layer"], by_key["dec_cross_attn"]
-        memory_y, bend_x, mid = enc.y + enc.h + 3.5, by_key["decoder_layer"].x - 2, cross.y + cross.h / 2
-        x = _ENC_X + _BOX_W / 2
-        arrow([(x, by_key["enc_add_norm_2"].y + 4), (x, memory_y), (bend_x, memory_y), (bend_x, mid), (cross.x, mid)])
-        ax.text((x + bend_x) / 2, memory_y + 0.8, "memory (keys, values)", ha="center", va="bottom", fontsize=9,
-                style="italic", color=grey)
-        for frame, name in ((enc, "encoder layer"), (by_key["decoder_layer"], "decoder layer")):
-            top = frame.y + frame.h
-            ax.text(frame.x + 3.6, top - 1.8, name, ha="left", va="center", fontsize=9.5, style="italic", color=grey)
-            ax.text(frame.x + frame.w - 2.4, top - 1.9, "×N", ha="center", va="center", fontsize=11, weight="bold", color=grey)
-        ax.text(90.75, 89.5, "around the model", ha="center", fontsize=10, style="italic", color=grey)
-        title = ("The learning path: which chapter builds which block" if chapter is None
-                 else f"Chapter {chapter} builds the highlighted blocks")
+        by_key = {b.key: b for b in _blocks()}
+        for b in by_key.values():
+            _draw_block(ax, b, chapter)
+        _draw_flows(ax, by_key)
+        ax.text(90.75, 89.5, "around the model", ha="center", fontsize=10, style="italic", color=_GREY)
+        title = (
+            "The learning path: which chapter builds which block"
+            if chapter is None
+            else f"Chapter {chapter} builds the highlighted blocks"
+        )
         ax.text(50, 98.0, title, ha="center", va="center", fontsize=14, weight="bold")
     return fig
+
+
+_GREY = "#555555"
+
+
+def _draw_block(ax: Any, b: _Block, chapter: int | None) -> None:
+    """One block of the map: in colour if ``chapter`` builds it (red edge) or shows everything, else grey."""
+    from matplotlib.patches import FancyBboxPatch
+
+    on = chapter is None or chapter in b.chapters
+    highlighted = chapter is not None and on
+    face = _FACE[b.kind] if on else _FADED_FACE
+    edge = HIGHLIGHT_EDGE if highlighted else (_EDGE if on else _FADED_EDGE)
+    patch = FancyBboxPatch(
+        (b.x, b.y),
+        b.w,
+        b.h,
+        boxstyle="round,pad=0,rounding_size=0.7",
+        facecolor=face,
+        edgecolor=edge,
+        linewidth=2.8 if highlighted else 1.0,
+        gid=f"block:{b.key}",
+        linestyle="--" if b.kind == "frame" else "-",
+        zorder=1 if b.kind == "frame" else 2,
+    )
+    ax.add_patch(patch)
+    text = dict(
+        ha="center",
+        va="center",
+        fontsize=b.fontsize,
+        color=_TEXT if on else _FADED_TEXT,
+        weight="bold" if highlighted else "normal",
+        zorder=3,
+        linespacing=1.1,
+    )
+    if b.kind == "attn":  # the label sits above the core strip
+        ax.text(b.x + b.w / 2, b.y + b.h - 2.9, b.label, **text)
+    elif b.label:
+        ax.text(b.x + b.w / 2, b.y + b.h / 2, b.label, **text)
+    badge_at = (b.x + 1.8, b.y + b.h - 1.8) if b.kind == "frame" else (b.x + b.w - 0.2, b.y + b.h - 0.2)
+    badge_face = (HIGHLIGHT_EDGE if highlighted else _GREY) if on else "#c4c4c4"
+    ax.text(
+        *badge_at,
+        str(b.chapters[0]),
+        ha="center",
+        va="center",
+        fontsize=8,
+        weight="bold",
+        color="white",
+        zorder=5,
+        gid=f"badge:{b.key}",
+        bbox=dict(boxstyle="circle,pad=0.2", facecolor=badge_face, edgecolor="none"),
+    )
+
+
+def _arrow(ax: Any, points: list[tuple[float, float]]) -> None:
+    """A polyline through ``points`` whose last segment ends in an arrow head."""
+    from matplotlib.patches import FancyArrowPatch
+
+    for start, end in zip(points[:-2], points[1:-1]):
+        ax.plot([start[0], end[0]], [start[1], end[1]], color="#666666", lw=1.2, zorder=1.5)
+    ax.add_patch(
+        FancyArrowPatch(
+            points[-2], points[-1], arrowstyle="-|>", mutation_scale=10, color="#666666", lw=1.2, zorder=1.5
+        )
+    )
+
+
+def _draw_flows(ax: Any, by_key: dict[str, _Block]) -> None:
+    """The arrows through the encoder and decoder stacks, the memory into cross-attention, the stack labels."""
+    for flow, bottom_text, top_text in zip(
+        _FLOWS, ("source sentence", "target so far (shifted right)"), (None, "probabilities of the next token")
+    ):
+        first = by_key[flow[0]]
+        x = first.x + first.w / 2
+        ax.text(x, 1.0, bottom_text, ha="center", fontsize=10, style="italic")
+        _arrow(ax, [(x, 3.3), (x, first.y)])
+        for lower, upper in zip(flow[:-1], flow[1:]):
+            _arrow(ax, [(x, by_key[lower].y + by_key[lower].h), (x, by_key[upper].y)])
+        if top_text:
+            last = by_key[flow[-1]]
+            _arrow(ax, [(x, last.y + last.h), (x, 92.3)])
+            ax.text(x, 92.6, top_text, ha="center", va="bottom", fontsize=10, style="italic")
+    enc, cross = by_key["encoder_layer"], by_key["dec_cross_attn"]
+    memory_y, bend_x, mid = enc.y + enc.h + 3.5, by_key["decoder_layer"].x - 2, cross.y + cross.h / 2
+    x = _ENC_X + _BOX_W / 2
+    _arrow(ax, [(x, by_key["enc_add_norm_2"].y + 4), (x, memory_y), (bend_x, memory_y), (bend_x, mid), (cross.x, mid)])
+    ax.text(
+        (x + bend_x) / 2,
+        memory_y + 0.8,
+        "memory (keys, values)",
+        ha="center",
+        va="bottom",
+        fontsize=9,
+        style="italic",
+        color=_GREY,
+    )
+    for frame, name in ((enc, "encoder layer"), (by_key["decoder_layer"], "decoder layer")):
+        top = frame.y + frame.h
+        ax.text(frame.x + 3.6, top - 1.8, name, ha="left", va="center", fontsize=9.5, style="italic", color=_GREY)
+        ax.text(
+            frame.x + frame.w - 2.4, top - 1.9, "×N", ha="center", va="center", fontsize=11, weight="bold", color=_GREY
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,8 +367,13 @@ class Explorer:
     ``attention_explorer``, ``mask_explorer`` and ``positional_encoding_explorer``.
     """
 
-    def __init__(self, title: str, controls: Sequence[_Control], draw: Callable[[dict[str, Any]], "Figure"],
-                 initial: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        controls: Sequence[_Control],
+        draw: Callable[[dict[str, Any]], "Figure"],
+        initial: Mapping[str, Any] | None = None,
+    ) -> None:
         self.title = title
         self._controls = {c.name: c for c in controls}
         self._draw = draw
@@ -284,7 +391,9 @@ class Explorer:
     def _check_and_set(self, values: dict[str, Any]) -> None:
         unknown = set(values) - set(self._controls)
         if unknown:
-            raise ValueError(f"{self.title!r} has no control {sorted(unknown)}; its controls are {list(self._controls)}")
+            raise ValueError(
+                f"{self.title!r} has no control {sorted(unknown)}; its controls are {list(self._controls)}"
+            )
         selection = {**self.selection, **values}  # checked first: a bad value leaves the selection as it was
         for c in self._controls.values():  # dependent choices (e.g. dimension pairs of d_model) may change
             allowed = [v for _, v in c.options(selection)]
@@ -324,13 +433,19 @@ class Explorer:
                 continue
             kwargs = dict(options=options, value=self.selection[c.name], description=c.description)
             if c.style == "slider":
-                widget = w.SelectionSlider(**kwargs, continuous_update=False, style=label, layout=w.Layout(width="26em"))
+                widget = w.SelectionSlider(
+                    **kwargs, continuous_update=False, style=label, layout=w.Layout(width="26em")
+                )
             else:
                 widget = w.Dropdown(**kwargs, style=label, layout=w.Layout(width="max-content", max_width="100%"))
             widget.observe(self._on_change(c.name), names="value")
             self._widgets[c.name] = widget
-        self._image = w.Image(value=self.png, format="png", width=str(_png_width(self.png)),
-                              layout=w.Layout(max_width="100%", align_self="flex-start"))
+        self._image = w.Image(
+            value=self.png,
+            format="png",
+            width=str(_png_width(self.png)),
+            layout=w.Layout(max_width="100%", align_self="flex-start"),
+        )
         return w.VBox([*self._widgets.values(), self._image])
 
     def _on_change(self, name: str) -> Callable[[dict], None]:
@@ -376,6 +491,7 @@ class Explorer:
 
 # -- input checks shared by the explorers ------------------------------------------------------
 
+
 def _as_array(x: Any, name: str) -> np.ndarray:
     """A tensor or array-like as a float numpy array, with a clear error for anything else."""
     if hasattr(x, "detach"):  # a torch tensor
@@ -399,7 +515,11 @@ def _token_lists(tokens: Any, name: str) -> list[list[str]]:
         return [list(tokens)]
     lists = []
     for i, sentence in enumerate(tokens):
-        if isinstance(sentence, str) or not isinstance(sentence, Sequence) or not all(isinstance(t, str) for t in sentence):
+        if (
+            isinstance(sentence, str)
+            or not isinstance(sentence, Sequence)
+            or not all(isinstance(t, str) for t in sentence)
+        ):
             raise TypeError(f"{name}[{i}] must be a list of token strings, got {sentence!r}")
         if not sentence:
             raise ValueError(f"{name}[{i}] is empty")
@@ -415,8 +535,13 @@ def _short(tokens: Sequence[str], limit: int = 40) -> str:
 def _heatmap(ax: Any, matrix: np.ndarray, x_labels: Sequence[str], y_labels: Sequence[str], **imshow: Any) -> Any:
     image = ax.imshow(matrix, aspect="equal", interpolation="nearest", **imshow)
     rotate = max((len(t) for t in x_labels), default=0) > 2 or len(x_labels) > 12
-    ax.set_xticks(range(len(x_labels)), x_labels, rotation=60 if rotate else 0, ha="right" if rotate else "center",
-                  rotation_mode="anchor" if rotate else "default")
+    ax.set_xticks(
+        range(len(x_labels)),
+        x_labels,
+        rotation=60 if rotate else 0,
+        ha="right" if rotate else "center",
+        rotation_mode="anchor" if rotate else "default",
+    )
     ax.set_yticks(range(len(y_labels)), y_labels)
     ax.set_xticks(np.arange(len(x_labels) + 1) - 0.5, minor=True)
     ax.set_yticks(np.arange(len(y_labels) + 1) - 0.5, minor=True)
@@ -427,6 +552,7 @@ def _heatmap(ax: Any, matrix: np.ndarray, x_labels: Sequence[str], y_labels: Seq
 
 
 # -- attention ---------------------------------------------------------------------------------
+
 
 def attention_explorer(
     weights: Any,
@@ -451,29 +577,7 @@ def attention_explorer(
     keys = queries if key_tokens is None else _token_lists(key_tokens, "key_tokens")
     if len(keys) != len(queries):
         raise ValueError(f"tokens has {len(queries)} sentences but key_tokens has {len(keys)}")
-    if isinstance(weights, (list, tuple)):
-        per_sentence = [_as_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
-    else:
-        array = _as_array(weights, "weights")
-        if array.ndim == 4 and len(queries) == 1:  # one sentence given without its sentence axis
-            array = array[None]
-        if array.ndim != 5:
-            raise ValueError(f"weights must have shape (sentences, layers, heads, q_len, k_len), got {tuple(array.shape)}")
-        per_sentence = list(array)
-    if len(per_sentence) != len(queries):
-        raise ValueError(f"weights holds {len(per_sentence)} sentences but tokens has {len(queries)}")
-    shape = None
-    for i, (w, q, k) in enumerate(zip(per_sentence, queries, keys)):
-        if w.ndim != 4:
-            raise ValueError(f"the weights of sentence {i} must have shape (layers, heads, q_len, k_len), got {tuple(w.shape)}")
-        if w.shape[2] < len(q) or w.shape[3] < len(k):
-            raise ValueError(f"the weights of sentence {i} have q_len x k_len = {w.shape[2]} x {w.shape[3]}, "
-                             f"too small for its {len(q)} query and {len(k)} key tokens")
-        if not np.isfinite(w).all():
-            raise ValueError(f"the weights of sentence {i} contain NaN or infinite values")
-        if shape is not None and w.shape[:2] != shape:
-            raise ValueError(f"every sentence needs the same layers and heads; sentence {i} has {w.shape[:2]}, not {shape}")
-        shape = w.shape[:2]
+    per_sentence, shape = _checked_weights(weights, queries, keys)
     n_layers, n_heads = shape
     layer_names = _names(layer_names, n_layers, "layer", "layer_names")
     head_names = _names(head_names, n_heads, "head", "head_names")
@@ -495,12 +599,52 @@ def attention_explorer(
         ax = fig.add_subplot()
         image = _heatmap(ax, matrix, k, q, cmap="Blues", vmin=0, vmax=max(1.0, float(matrix.max())))
         head_label = "mean of the heads" if head < 0 else head_names[head]
-        parts = ([f"sentence {s}"] if len(queries) > 1 else []) + ([layer_names[layer]] if n_layers > 1 else []) + [head_label]
+        parts = (
+            ([f"sentence {s}"] if len(queries) > 1 else [])
+            + ([layer_names[layer]] if n_layers > 1 else [])
+            + [head_label]
+        )
         ax.set(title=f"{title}: {', '.join(parts)}", xlabel="key (read)", ylabel="query (reading)")
         fig.colorbar(image, ax=ax, shrink=0.85, label="attention weight")
         return fig
 
     return Explorer(title, controls, draw)
+
+
+def _checked_weights(weights: Any, queries: list[list[str]], keys: list[list[str]]) -> tuple[list, tuple[int, int]]:
+    """The attention weights of ``attention_explorer`` as one checked array per sentence, and (layers, heads)."""
+    if isinstance(weights, (list, tuple)):
+        per_sentence = [_as_array(w, f"weights[{i}]") for i, w in enumerate(weights)]
+    else:
+        array = _as_array(weights, "weights")
+        if array.ndim == 4 and len(queries) == 1:  # one sentence given without its sentence axis
+            array = array[None]
+        if array.ndim != 5:
+            raise ValueError(
+                f"weights must have shape (sentences, layers, heads, q_len, k_len), got {tuple(array.shape)}"
+            )
+        per_sentence = list(array)
+    if len(per_sentence) != len(queries):
+        raise ValueError(f"weights holds {len(per_sentence)} sentences but tokens has {len(queries)}")
+    shape = None
+    for i, (w, q, k) in enumerate(zip(per_sentence, queries, keys)):
+        if w.ndim != 4:
+            raise ValueError(
+                f"the weights of sentence {i} must have shape (layers, heads, q_len, k_len), got {tuple(w.shape)}"
+            )
+        if w.shape[2] < len(q) or w.shape[3] < len(k):
+            raise ValueError(
+                f"the weights of sentence {i} have q_len x k_len = {w.shape[2]} x {w.shape[3]}, "
+                f"too small for its {len(q)} query and {len(k)} key tokens"
+            )
+        if not np.isfinite(w).all():
+            raise ValueError(f"the weights of sentence {i} contain NaN or infinite values")
+        if shape is not None and w.shape[:2] != shape:
+            raise ValueError(
+                f"every sentence needs the same layers and heads; sentence {i} has {w.shape[:2]}, not {shape}"
+            )
+        shape = w.shape[:2]
+    return per_sentence, shape
 
 
 def _names(names: Sequence[str] | None, n: int, word: str, argument: str) -> list[str]:
@@ -514,6 +658,7 @@ def _names(names: Sequence[str] | None, n: int, word: str, argument: str) -> lis
 
 # -- masks -------------------------------------------------------------------------------------
 
+
 def _mask_stack(mask: Any, name: str, batch: int) -> np.ndarray:
     """A boolean mask broadcastable to (batch, heads, q_len, k_len) -> (batch, q_len, k_len)."""
     array = _as_array(mask, f"mask {name!r}")
@@ -521,19 +666,25 @@ def _mask_stack(mask: Any, name: str, batch: int) -> np.ndarray:
         raise TypeError(f"mask {name!r} must be boolean (True = may attend), got dtype {array.dtype}")
     if array.ndim == 4:
         if array.shape[1] != 1:
-            raise ValueError(f"mask {name!r} has {array.shape[1]} heads; the explorer shows masks shared by the heads "
-                             "(shape (batch, 1, q_len, k_len))")
+            raise ValueError(
+                f"mask {name!r} has {array.shape[1]} heads; the explorer shows masks shared by the heads "
+                "(shape (batch, 1, q_len, k_len))"
+            )
         array = array[:, 0]
     elif array.ndim == 2:
         array = array[None]
     elif array.ndim != 3:
-        raise ValueError(f"mask {name!r} must have 2 to 4 dimensions, (q_len, k_len) up to (batch, 1, q_len, k_len); "
-                         f"got shape {tuple(array.shape)}")
+        raise ValueError(
+            f"mask {name!r} must have 2 to 4 dimensions, (q_len, k_len) up to (batch, 1, q_len, k_len); "
+            f"got shape {tuple(array.shape)}"
+        )
     if array.shape[0] not in (1, batch):
         raise ValueError(f"mask {name!r} is for a batch of {array.shape[0]}, but tokens has {batch} sentences")
     length = array.shape[-1]
     if array.shape[1] not in (1, length):
-        raise ValueError(f"mask {name!r} has {array.shape[1]} queries and {length} keys; self-attention masks are square")
+        raise ValueError(
+            f"mask {name!r} has {array.shape[1]} queries and {length} keys; self-attention masks are square"
+        )
     return np.broadcast_to(array, (batch, length, length))
 
 
@@ -589,6 +740,7 @@ def mask_explorer(
 
 # -- positional encodings ----------------------------------------------------------------------
 
+
 def positional_encoding_explorer(
     encoding: Any | Callable[[int, int], Any],
     *,
@@ -613,18 +765,7 @@ def positional_encoding_explorer(
 
     def matrix(length: int, width: int) -> np.ndarray:
         if (length, width) not in cache:
-            pe = _as_array(encoding(length, width) if callable(encoding) else encoding, "the positional encoding")
-            if pe.ndim == 3 and pe.shape[0] == 1:  # (1, max_len, d_model), as stored in a module's buffer
-                pe = pe[0]
-            if callable(encoding) and pe.shape != (length, width):
-                raise ValueError(f"the encoding function returned shape {tuple(pe.shape)} for "
-                                 f"(max_len, d_model) = ({length}, {width}); expected exactly that shape")
-            if pe.ndim != 2 or min(pe.shape) < 2:
-                raise ValueError(f"the positional encoding must be a (max_len, d_model) matrix with both sizes >= 2, "
-                                 f"got shape {tuple(pe.shape)}")
-            if not np.isfinite(pe).all():
-                raise ValueError("the positional encoding contains NaN or infinite values")
-            cache[(length, width)] = pe.astype(float)
+            cache[(length, width)] = _checked_encoding(encoding, length, width)
         return cache[(length, width)]
 
     if callable(encoding):
@@ -642,37 +783,67 @@ def positional_encoding_explorer(
     n_pairs = (width + 1) // 2
     start = width // 8 if pair is None else pair
     if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < n_pairs:
-        raise ValueError(f"pair must be an integer from 0 to {n_pairs - 1} (dimensions 2*pair, 2*pair + 1), got {pair!r}")
+        raise ValueError(
+            f"pair must be an integer from 0 to {n_pairs - 1} (dimensions 2*pair, 2*pair + 1), got {pair!r}"
+        )
     initial["pair"] = int(start)
     pairs = lambda sel: [(f"{2 * i}, {2 * i + 1}", i) for i in range((_shape(sel, matrix)[1] + 1) // 2)]  # noqa: E731
     controls.append(_Control("pair", "dimensions", pairs, "slider"))
 
     def draw(sel: dict[str, Any]) -> "Figure":
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Rectangle
-
-        pe = matrix(sel["max_len"], sel["d_model"]) if callable(encoding) else fixed
-        i = sel["pair"]
-        fig = Figure(figsize=(6.8, 3.1), layout="constrained")
-        left, right = fig.subplots(1, 2, width_ratios=[1.15, 1])
-        image = left.imshow(pe, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
-        left.add_patch(Rectangle((2 * i - 0.5, -0.5), min(2, pe.shape[1] - 2 * i), pe.shape[0], fill=False,
-                                 edgecolor="black", linewidth=1.4))  # the pair shown on the right
-        left.grid(False)
-        left.set_title(f"{pe.shape[0]} positions × {pe.shape[1]} dimensions", fontsize=10)
-        left.set(xlabel="dimension", ylabel="position")
-        fig.colorbar(image, ax=left, shrink=0.9, pad=0.02)
-        positions = np.arange(pe.shape[0])
-        right.plot(positions, pe[:, 2 * i], marker=".", ms=3, label=f"dimension {2 * i}")
-        if 2 * i + 1 < pe.shape[1]:
-            right.plot(positions, pe[:, 2 * i + 1], marker=".", ms=3, label=f"dimension {2 * i + 1}")
-        right.set_title(f"dimensions {2 * i} and {2 * i + 1}", fontsize=10)
-        right.set(xlabel="position", ylabel="value", ylim=(-1.15, 1.75), yticks=[-1, -0.5, 0, 0.5, 1])
-        right.legend(loc="upper center", ncols=2, fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0)
-        fig.suptitle(title, fontweight="bold", fontsize=12)
-        return fig
+        return _draw_encoding(
+            matrix(sel["max_len"], sel["d_model"]) if callable(encoding) else fixed, sel["pair"], title
+        )
 
     return Explorer(title, controls, draw, initial)
+
+
+def _checked_encoding(encoding: Any | Callable[[int, int], Any], length: int, width: int) -> np.ndarray:
+    """The positional-encoding matrix (computed by ``encoding`` if it is a function), checked, as floats."""
+    pe = _as_array(encoding(length, width) if callable(encoding) else encoding, "the positional encoding")
+    if pe.ndim == 3 and pe.shape[0] == 1:  # (1, max_len, d_model), as stored in a module's buffer
+        pe = pe[0]
+    if callable(encoding) and pe.shape != (length, width):
+        raise ValueError(
+            f"the encoding function returned shape {tuple(pe.shape)} for "
+            f"(max_len, d_model) = ({length}, {width}); expected exactly that shape"
+        )
+    if pe.ndim != 2 or min(pe.shape) < 2:
+        raise ValueError(
+            f"the positional encoding must be a (max_len, d_model) matrix with both sizes >= 2, "
+            f"got shape {tuple(pe.shape)}"
+        )
+    if not np.isfinite(pe).all():
+        raise ValueError("the positional encoding contains NaN or infinite values")
+    return pe.astype(float)
+
+
+def _draw_encoding(pe: np.ndarray, i: int, title: str) -> "Figure":
+    """The heatmap of ``pe`` with the pair of dimensions ``2i, 2i + 1`` boxed, and that pair as curves."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    fig = Figure(figsize=(6.8, 3.1), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.15, 1])
+    image = left.imshow(pe, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest")
+    left.add_patch(
+        Rectangle(
+            (2 * i - 0.5, -0.5), min(2, pe.shape[1] - 2 * i), pe.shape[0], fill=False, edgecolor="black", linewidth=1.4
+        )
+    )  # the pair shown on the right
+    left.grid(False)
+    left.set_title(f"{pe.shape[0]} positions × {pe.shape[1]} dimensions", fontsize=10)
+    left.set(xlabel="dimension", ylabel="position")
+    fig.colorbar(image, ax=left, shrink=0.9, pad=0.02)
+    positions = np.arange(pe.shape[0])
+    right.plot(positions, pe[:, 2 * i], marker=".", ms=3, label=f"dimension {2 * i}")
+    if 2 * i + 1 < pe.shape[1]:
+        right.plot(positions, pe[:, 2 * i + 1], marker=".", ms=3, label=f"dimension {2 * i + 1}")
+    right.set_title(f"dimensions {2 * i} and {2 * i + 1}", fontsize=10)
+    right.set(xlabel="position", ylabel="value", ylim=(-1.15, 1.75), yticks=[-1, -0.5, 0, 0.5, 1])
+    right.legend(loc="upper center", ncols=2, fontsize=8, frameon=False, handlelength=1.2, columnspacing=1.0)
+    fig.suptitle(title, fontweight="bold", fontsize=12)
+    return fig
 
 
 def _shape(sel: dict[str, Any], matrix: Callable[[int, int], np.ndarray]) -> tuple[int, int]:
