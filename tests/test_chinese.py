@@ -173,7 +173,7 @@ def test_results_describe_the_committed_release(results, splits):
 
 
 def test_release_is_fp16_with_its_sentencepiece_models_beside_it(results):
-    ckpt = torch.load(RELEASE, map_location="cpu", weights_only=False)
+    ckpt = torch.load(RELEASE, map_location="cpu", weights_only=True)
     assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
     model, src_tok, tgt_tok = load_translator(RELEASE)
     assert (src_tok.vocab_size, tgt_tok.vocab_size) == (model.config.src_vocab, model.config.tgt_vocab)

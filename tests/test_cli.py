@@ -61,7 +61,7 @@ def run_main(argv, capsys, monkeypatch, stdin: str = "") -> tuple[int, str, str]
 
 def test_train_writes_a_run_with_the_overrides(run_dir):
     assert {"checkpoint_last.pt", "log.jsonl", "spm.model", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
-    ckpt = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     config = ckpt["train_config"]
     assert ckpt["step"] == STEPS
     assert (config["max_steps"], config["train_limit"], config["vocab_size"]) == (STEPS, 300, 400)
@@ -203,7 +203,7 @@ def test_resume_continues_with_a_longer_run_and_refuses_other_changes(run_dir, t
     code, out, err = run_main([*base, "--set", f"max_steps={more}"], capsys, monkeypatch)
     assert code == 0, err
     assert f"stopped after {more} steps" in out
-    ckpt = torch.load(copy / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(copy / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == more and ckpt["train_config"]["max_steps"] == more
     assert ckpt["train_config"]["betas"] == (0.9, 0.99), "the rest of the config comes from the checkpoint"
     log = [json.loads(line) for line in (copy / "log.jsonl").read_text().splitlines()]

@@ -70,7 +70,7 @@ def step_losses(out: Path) -> list[float]:
 
 
 def weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    return torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_only_rank_0_writes(two_processes):
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "checkpoints", "log.jsonl", "spm.model"]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000003.pt", "step_0000006.pt"]
     assert result.stdout.count("stopped after 6 steps") == 1, result.stdout
-    ckpt = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert ckpt["world_size"] == 2 and len(ckpt["rng_per_rank"]) == 2
 
 

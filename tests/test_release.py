@@ -39,7 +39,7 @@ def test_results_describe_the_committed_checkpoint(results: dict) -> None:
 def test_released_checkpoint_is_fp16_and_loads(results: dict) -> None:
     import torch
 
-    ckpt = torch.load(ROOT / results["checkpoint"]["path"], map_location="cpu", weights_only=False)
+    ckpt = torch.load(ROOT / results["checkpoint"]["path"], map_location="cpu", weights_only=True)
     assert {v.dtype for v in ckpt["model"].values() if v.is_floating_point()} == {torch.float16}
     model, src_tok, tgt_tok = load_translator(ROOT / results["checkpoint"]["path"])
     assert not model.training and src_tok.vocab_size == model.config.src_vocab

@@ -178,7 +178,7 @@ def test_checkpoint_rotation_keeps_the_last_ones(run):
     assert len(saved) > OVERFIT.keep_checkpoints, "the test must make the rotation delete something"
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert kept == [f"step_{s:07d}.pt" for s in saved[-OVERFIT.keep_checkpoints :]]
-    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     newest = torch.load(out / "checkpoints" / kept[-1], map_location="cpu", weights_only=True)
     assert last["step"] == newest["step"] == OVERFIT.max_steps
     assert all(torch.equal(last["model"][k], newest["model"][k]) for k in last["model"])
@@ -189,7 +189,7 @@ def test_checkpoint_rotation_keeps_the_last_ones(run):
 def test_release_checkpoint_averages_in_fp16_and_translates(run, tmp_path):
     out, _ = run
     path = release_checkpoint(out, tmp_path / "release.pt", average_last=2)
-    released = torch.load(path, map_location="cpu", weights_only=False)
+    released = torch.load(path, map_location="cpu", weights_only=True)
     states = [
         torch.load(p, map_location="cpu", weights_only=True)["model"]
         for p in sorted((out / "checkpoints").glob("step_*.pt"))
@@ -217,8 +217,8 @@ def test_release_checkpoint_averages_in_fp16_and_translates(run, tmp_path):
 
 def test_release_of_the_last_checkpoint_alone(run, tmp_path):
     out, _ = run
-    released = torch.load(release_checkpoint(out, tmp_path / "r.pt"), map_location="cpu", weights_only=False)
-    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    released = torch.load(release_checkpoint(out, tmp_path / "r.pt"), map_location="cpu", weights_only=True)
+    last = torch.load(out / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert released["averaged"] == 1 and released["step"] == last["step"]
     assert all(torch.equal(released["model"][k], last["model"][k].half()) for k in last["model"])
     with pytest.raises(ValueError, match="average_last must be a positive integer"):
@@ -294,7 +294,7 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
         progress=False,
         on_eval=consume_rng,
     )
-    stopped = torch.load(tmp_path / "split" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    stopped = torch.load(tmp_path / "split" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert stopped["step"] == half and stopped["batch_index"] > 0, "the test must stop in the middle of an epoch"
     assert full["epoch"] >= 1, "the test must cross an epoch boundary"
     # A killed run logged steps its checkpoint does not hold (and a line cut short): resume drops them.
@@ -306,8 +306,8 @@ def test_resume_gives_the_same_losses_and_weights(tmp_path):
 
     assert second["step"] == RESUME.max_steps
     assert first["losses"] + second["losses"] == full["losses"], "bit-identical losses on CPU"
-    a = torch.load(tmp_path / "full" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
-    b = torch.load(tmp_path / "split" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    a = torch.load(tmp_path / "full" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert (a["epoch"], a["batch_index"]) == (b["epoch"], b["batch_index"])
     assert b["train_config"]["max_steps"] == RESUME.max_steps
@@ -354,7 +354,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
         TrainingDiverged, match=rf"loss became nan at step {bad_step}.*last good checkpoint is .*checkpoint_last\.pt"
     ):
         train(config, tmp_path, device="cpu", progress=False)
-    ckpt = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     assert ckpt["step"] == (bad_step - 1) // config.save_every * config.save_every
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
     model, _, _ = load_translator(tmp_path / "checkpoint_last.pt")
@@ -379,7 +379,7 @@ def test_infinite_gradient_stops_training_before_the_update(tmp_path, monkeypatc
     config = dataclasses.replace(RESUME, max_steps=20, save_every=1)
     with pytest.raises(TrainingDiverged, match=rf"gradient norm became inf .*at step {bad_step}"):
         train(config, tmp_path, device="cpu", progress=False)
-    assert torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=False)["step"] == bad_step - 1
+    assert torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)["step"] == bad_step - 1
 
 
 def test_huge_learning_rate_diverges_with_a_message(tmp_path):
