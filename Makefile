@@ -53,7 +53,7 @@ lint: $(STAMP)
 
 # Two pytest workers on two cores: one math thread each (and in each notebook kernel), not two.
 test: $(STAMP) system-deps lint
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters exercises/[0-9]*.ipynb
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_FLAGS) tests chapters book/walkthrough.ipynb exercises/[0-9]*.ipynb
 
 clean:
 	rm -rf _build

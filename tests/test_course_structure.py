@@ -45,12 +45,13 @@ MODULE_CHAPTER = {
     "decode": 9,
     "cli": 9,
     "bench": 10,
-    "distributed": 10,
-    "ablations": 10,
-    "chinese": 11,
+    "flash": 10,
+    "distributed": 11,
+    "ablations": 11,
+    "chinese": 12,
 }
 # The command line (chapter 9) is the application that offers every chapter's work: its train command
-# runs data-parallel (chapter 10) and knows the Tatoeba corpus (chapter 11). It may import any module.
+# runs data-parallel (chapter 11) and knows the Tatoeba corpus (chapter 12). It may import any module.
 APPLICATION_MODULES = {"cli"}
 # Plumbing that the package does not re-export at the top level (import it from its module).
 NOT_REEXPORTED = {"cli", "checks"}

@@ -2,8 +2,9 @@
 
 Each chapter of the book adds one module; this file exposes their public names in chapter order.
 The modules of chapters 1–9 are imported at once; the heavier or optional ones — the figures and
-explorers (``viz``), the benchmarks (``bench``), data parallelism (``distributed``), the ablations
-and the Chinese track (``chinese``) — are imported the first time one of their names is used.
+explorers (``viz``), the benchmarks (``bench``) and tiled attention (``flash``), data parallelism
+(``distributed``), the ablations and the Chinese track (``chinese``) — are imported the first time
+one of their names is used.
 Submodules keep their own names: ``transformer_lib.train`` is the module of chapter 8, whose
 ``train`` function is ``transformer_lib.train.train``.
 """
@@ -101,6 +102,7 @@ _LAZY = {
         "attention_explorer",
         "mask_explorer",
         "positional_encoding_explorer",
+        "tiled_attention_figure",
     ],
     "bench": [  # chapter 10
         "KNOWN_PEAK_TFLOPS",
@@ -116,9 +118,10 @@ _LAZY = {
         "transformer_flops",
         "write_json_atomic",
     ],
-    "distributed": ["DistributedTrainer", "accumulated_step", "distributed_env", "train_parallel"],  # chapter 10
-    "ablations": ["ABLATIONS", "SMOOTH", "SPIKE_NATS", "noam_lr_no_warmup", "stability"],  # chapter 10
-    "chinese": [  # chapter 11
+    "flash": ["tiled_attention"],  # chapter 10
+    "distributed": ["DistributedTrainer", "accumulated_step", "distributed_env", "train_parallel"],  # chapter 11
+    "ablations": ["ABLATIONS", "SMOOTH", "SPIKE_NATS", "noam_lr_no_warmup", "stability"],  # chapter 11
+    "chinese": [  # chapter 12
         "TATOEBA_FILE",
         "load_tatoeba",
         "CJK_FONT_FAMILIES",

@@ -1,4 +1,4 @@
-"""Chapter 10 — ablations: which of the paper's training choices matter at this scale?
+"""Chapter 11 — ablations: which of the paper's training choices matter at this scale?
 
 Each ablation changes one setting of a base ``TrainConfig`` (``ABLATIONS``). Most are fields the
 earlier chapters already have (``norm_first``, ``positional``, ``label_smoothing``, ``N``); the one

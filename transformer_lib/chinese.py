@@ -1,7 +1,7 @@
-"""Chapter 11 — the Chinese track: the source articles' own examples, translated.
+"""Chapter 12 — the Chinese track: the source articles' own examples, translated.
 
 The source articles explain the Transformer with Chinese sentences ("我爱你" → "I love you",
-"我欠他100W" versus "他欠我100W"). This module holds what chapter 11 needs to translate them with a
+"我欠他100W" versus "他欠我100W"). This module holds what chapter 12 needs to translate them with a
 model trained on Tatoeba's Mandarin–English pairs:
 
 * ``TATOEBA_FILE`` / ``load_tatoeba``: the corpus, split by distinct English sentence; importing

@@ -2,7 +2,7 @@
 
 Chapter 9 introduces it (``translate``, ``evaluate``, ``release``); it is the application that
 offers every chapter's work, so its ``train`` command also runs data-parallel under ``torchrun``
-(chapter 10) and knows the Tatoeba corpus (chapter 11), both imported when they are needed.
+(chapter 11) and knows the Tatoeba corpus (chapter 12), both imported when they are needed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ __all__ = ["main", "build_parser"]
 
 
 def _register_later_chapters() -> None:
-    """The Tatoeba corpus and its preset (chapter 11) register themselves when their module is imported."""
+    """The Tatoeba corpus and its preset (chapter 12) register themselves when their module is imported."""
     from . import chinese  # noqa: F401
 
 
@@ -112,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
     if env is None and args.grad_accum == 1:
         summary = train(config, args.out, **options)  # chapter 8's loop, one process
     else:
-        summary = train_parallel(config, args.out, grad_accum=args.grad_accum, **options)  # chapter 10
+        summary = train_parallel(config, args.out, grad_accum=args.grad_accum, **options)  # chapter 11
     if env is not None and env[0] != 0:
         return 0  # under torchrun only rank 0 reports
     processes = summary.get("world_size", 1)
@@ -364,7 +364,7 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=1,
         metavar="N",
-        help="batches per process and optimizer step (chapter 10); processes x N must stay the same to resume",
+        help="batches per process and optimizer step (chapter 11); processes x N must stay the same to resume",
     )
     p.add_argument("--device", default=None)
     p.add_argument("--bleu-sentences", type=int, default=300, help="validation sentences scored with greedy BLEU")

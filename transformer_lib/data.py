@@ -4,7 +4,7 @@ Every file has a canonical URL pinned to a commit and a SHA-256. ``fetch`` puts 
 directory, writing to a temporary file and renaming it only once the checksum matches, so a
 half-downloaded or corrupted corpus never sits in the cache under its real name.
 
-``CORPORA`` names the corpora a training run can use: Multi30k here; chapter 11 registers
+``CORPORA`` names the corpora a training run can use: Multi30k here; chapter 12 registers
 Tatoeba's Chinese–English pairs with ``register_corpus``.
 
 Environment variables:

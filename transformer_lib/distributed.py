@@ -1,4 +1,4 @@
-"""Chapter 10 — data parallelism: one training run on several processes, launched by ``torchrun``.
+"""Chapter 11 — data parallelism: one training run on several processes, launched by ``torchrun``.
 
 ``torchrun --nproc_per_node=N -m transformer_lib train ...`` starts N processes and tells each its
 ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``. Every process holds a full copy of the model (wrapped

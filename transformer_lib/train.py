@@ -7,7 +7,7 @@ learning rate (``noam_lr``), plus gradient clipping and bf16 autocast where the 
 stopped run continues exactly, because everything it depends on is in its checkpoint: model,
 optimizer, schedule, step, position in the data and the random states.
 
-Chapter 10 trains on several processes by subclassing ``Trainer``
+Chapter 11 trains on several processes by subclassing ``Trainer``
 (``distributed.DistributedTrainer``); the methods it overrides are marked *extension point*.
 """
 
@@ -61,7 +61,7 @@ def noam_lr(step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     return factor * d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
 
 
-# The learning-rate schedules a TrainConfig can name: lr(step, config). Chapter 10's ablations add one.
+# The learning-rate schedules a TrainConfig can name: lr(step, config). Chapter 11's ablations add one.
 SCHEDULES: dict[str, Callable[[int, TrainConfig], float]] = {
     "noam": lambda step, c: noam_lr(step, c.d_model, c.warmup, c.lr_factor),
 }
@@ -140,8 +140,8 @@ class TrainConfig:
 def _current_fields(values: dict, known: set[str]) -> dict:
     """A stored config's fields as this version names them; a field it does not know is an error."""
     values = dict(values)
-    values.pop("grad_accum", None)  # now an argument of chapter 10's DistributedTrainer
-    if values.pop("warmup_ramp", True) is False:  # the ablations' schedule without warmup (chapter 10)
+    values.pop("grad_accum", None)  # now an argument of chapter 11's DistributedTrainer
+    if values.pop("warmup_ramp", True) is False:  # the ablations' schedule without warmup (chapter 11)
         values["schedule"] = "noam_no_warmup"
     unknown = sorted(set(values) - known)
     if unknown:
@@ -395,7 +395,7 @@ class Trainer:
     ``fit`` is the loop. It writes ``out_dir/checkpoint_last.pt`` (every ``save_every`` steps and at
     the end), the last ``keep_checkpoints`` weights in ``out_dir/checkpoints/``, ``log.jsonl`` and the
     SentencePiece model(s). ``on_eval(model, data, step)`` may add metrics (e.g. BLEU) to each
-    evaluation record. The methods marked *extension point* are what chapter 10's
+    evaluation record. The methods marked *extension point* are what chapter 11's
     ``DistributedTrainer`` overrides to train on several processes.
     """
 

@@ -32,11 +32,12 @@ __all__ = [
     "attention_explorer",
     "mask_explorer",
     "positional_encoding_explorer",
+    "tiled_attention_figure",
 ]
 
 # The chapters the architecture map knows: 1-9 build the model and the translator, 10 makes it
-# fast, 11 is the Chinese track.
-CHAPTERS_ON_THE_MAP = tuple(range(1, 12))
+# fast on one device, 11 scales it out (and ablates the recipe), 12 is the Chinese track.
+CHAPTERS_ON_THE_MAP = tuple(range(1, 13))
 
 # ---------------------------------------------------------------------------------------------
 # The architecture map
@@ -105,9 +106,9 @@ def _blocks() -> list[_Block]:
     blocks = [
         _Block("encoder_layer", "", e - 2.5, 26, 38, 39, "frame", (6,)),
         _Block("decoder_layer", "", d - 2.5, 26, 38, 58, "frame", (7,)),
-        _Block("src_tokenizer", "tokenizer (subwords)", e, 5, w, 4.5, "io", (8, 11)),
+        _Block("src_tokenizer", "tokenizer (subwords)", e, 5, w, 4.5, "io", (8, 12)),
         _Block("tgt_tokenizer", "tokenizer (subwords)", d, 5, w, 4.5, "io", (8,)),
-        _Block("src_embedding", "input embedding", e, 12, w, 4.5, "embed", (3, 11)),
+        _Block("src_embedding", "input embedding", e, 12, w, 4.5, "embed", (3, 12)),
         _Block("tgt_embedding", "output embedding", d, 12, w, 4.5, "embed", (3,)),
         _Block("src_positions", "+ positional encoding", e, 19, w, 4.5, "embed", (3,)),
         _Block("tgt_positions", "+ positional encoding", d, 19, w, 4.5, "embed", (3,)),
@@ -148,10 +149,11 @@ def _blocks() -> list[_Block]:
         ("training", "training: Multi30k,\nlabel smoothing,\nwarmup", (8,)),
         ("decoding", "decoding: greedy\nand beam search,\nKV cache, BLEU", (9,)),
         ("speed", "making it fast:\nfused attention\nkernels, KV cache", (10,)),
-        ("chinese", "Chinese track:\nChinese→English,\nChinese tokens", (11,)),
+        ("scaling", "scaling out:\nseveral processes,\nablations", (11,)),
+        ("chinese", "Chinese track:\nChinese→English,\nChinese tokens", (12,)),
     ]
     for i, (key, label, chapters) in enumerate(extras):
-        blocks.append(_Block(key, label, 82, 75 - i * 15, 17.5, 12, "extra", chapters, 9))
+        blocks.append(_Block(key, label, 82, 77 - i * 12.6, 17.5, 11, "extra", chapters, 9))
     return blocks
 
 
@@ -191,10 +193,10 @@ def _check_chapter(chapter: object) -> None:
 def architecture_figure(chapter: int | None = None) -> "Figure":
     """The encoder–decoder Transformer as a map of blocks, each labelled with the chapter that builds it.
 
-    With ``chapter=N`` (1 to 11) the blocks that chapter builds are drawn in colour with a red
+    With ``chapter=N`` (1 to 12) the blocks that chapter builds are drawn in colour with a red
     edge and every other block is greyed out; with ``chapter=None`` every block is in colour (the
-    learning path). Chapters 1, 8, 9, 10 and 11 build things around the model (the RNN baseline,
-    training, decoding, speed, the Chinese track): they appear as labelled boxes on the right, and
+    learning path). Chapters 1 and 8-12 build things around the model (the RNN baseline,
+    training, decoding, speed, scaling out, the Chinese track): they appear as labelled boxes on the right, and
     also highlight the blocks they touch (tokenizers, KV caches, attention kernels). Returns the
     (pyplot) figure; every block's patch has the gid ``"block:<key>"``.
     """
@@ -851,3 +853,51 @@ def _shape(sel: dict[str, Any], matrix: Callable[[int, int], np.ndarray]) -> tup
     if "max_len" in sel and "d_model" in sel:
         return matrix(sel["max_len"], sel["d_model"]).shape
     return matrix(0, 0).shape
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of chapter 10: attention one tile at a time
+# ---------------------------------------------------------------------------------------------
+
+
+def tiled_attention_figure(
+    q_len: int, k_len: int, block_size: int, running_max: Sequence[float], running_denominator: Sequence[float]
+) -> "Figure":
+    """The online softmax of ``flash.tiled_attention``: the score matrix cut into key blocks, and one query's state.
+
+    Left: the ``(q_len, k_len)`` score matrix as tiles of ``block_size`` keys, the order in which they
+    are computed, and the query row followed on the right. Right: that query's running maximum
+    ``m`` and its softmax denominator rescaled to the final maximum (``denom * exp(m - m_final)``),
+    after each block. The last values are those of the full softmax: the dashed lines.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    m, denom = np.asarray(running_max, dtype=float), np.asarray(running_denominator, dtype=float)
+    blocks = -(-k_len // block_size) if min(q_len, k_len, block_size) > 0 else 0
+    if blocks == 0 or m.shape != (blocks,) or denom.shape != (blocks,):
+        raise ValueError(
+            f"need positive sizes and one running value per block of keys ({blocks} blocks), "
+            f"got {m.shape} maxima and {denom.shape} denominators"
+        )
+    fig = Figure(figsize=(10, 3.4), layout="constrained")
+    left, right = fig.subplots(1, 2, width_ratios=[1.2, 1])
+    for b in range(blocks):
+        width = min(block_size, k_len - b * block_size)
+        left.add_patch(Rectangle((b * block_size, 0), width, q_len, facecolor=f"C{b % 10}", alpha=0.35, edgecolor="k"))
+        left.text(b * block_size + width / 2, q_len / 2, f"tile {b + 1}", ha="center", va="center", fontsize=9)
+    left.add_patch(Rectangle((0, q_len - 1), k_len, 1, fill=False, edgecolor=HIGHLIGHT_EDGE, linewidth=2))
+    left.set(xlim=(0, k_len), ylim=(q_len, 0), xlabel="key position", ylabel="query position", aspect="auto")
+    left.set_title(f"scores {q_len} × {k_len}, computed {block_size} keys at a time", fontsize=10)
+    left.grid(False)
+    steps = np.arange(1, blocks + 1)
+    rescaled = denom * np.exp(m - m[-1])  # each step's denominator, measured against the final maximum
+    right.plot(steps, m, "o-", label="running max m")
+    right.plot(steps, rescaled, "s-", label="denominator (rescaled to the final m)")
+    right.axhline(m[-1], ls="--", c="C0", lw=0.8)
+    right.axhline(rescaled[-1], ls="--", c="C1", lw=0.8)
+    right.set(xlabel="tiles of keys seen", ylabel="value", xticks=steps)
+    right.set_title("the highlighted query's running state", fontsize=10)
+    right.legend(fontsize=8)
+    fig.suptitle("Online softmax: attention one tile of keys at a time", fontweight="bold", fontsize=12)
+    return fig
