@@ -51,4 +51,4 @@ def test_names_by_chapter_lists_every_module() -> None:
     chapters = code_stats.names_by_chapter()
     listed = {module for modules in chapters.values() for module in modules}
     assert listed == set(MODULE_CHAPTER)
-    assert "train_step" in chapters[8]["train"] and "DistributedTrainer" in chapters[10]["distributed"]
+    assert "train_step" in chapters[8]["train"] and "DistributedTrainer" in chapters[11]["distributed"]

@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from grading_support import HIDDEN, LEARNERS, MASTERS, ROOT, namespace
-from transformer_lib.grading import check, exercises_of_chapter, load_hidden
-from transformer_lib.grading import batch, generate
+
+from transformer_lib.grading import batch, check, exercises_of_chapter, generate, load_hidden
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "grading"
 CELL_TIMEOUT = 10  # seconds per cell for the fixtures: the endless loop costs exactly this much
@@ -52,8 +51,19 @@ def fixture_grades(tmp_path_factory) -> tuple[subprocess.CompletedProcess, list[
     submissions = tmp_path_factory.mktemp("submissions")
     for n in names:
         shutil.copy(FIXTURES / f"{n}.json", submissions / f"{n}.ipynb")
-    cmd = [sys.executable, "-m", "transformer_lib.grading", "grade", *(str(submissions / f"{n}.ipynb") for n in names),
-           "--out", str(out), "--hidden", str(HIDDEN), "--cell-timeout", str(CELL_TIMEOUT)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "transformer_lib.grading",
+        "grade",
+        *(str(submissions / f"{n}.ipynb") for n in names),
+        "--out",
+        str(out),
+        "--hidden",
+        str(HIDDEN),
+        "--cell-timeout",
+        str(CELL_TIMEOUT),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     header, rows = read_csv(out)
@@ -85,8 +95,10 @@ def test_partial_submission_gets_the_scores_its_code_earns(fixture_grades) -> No
     assert row["status"] == "graded"
     load_hidden(HIDDEN)
     ns = namespace(FIXTURES / "partial.json")  # the same code, checked here without a kernel
-    expected = {i: check(i, ns[t], hidden=True, verbose=False).score for i, t in
-                ((ex.id, ex.target) for ex in exercises_of_chapter(4))}  # fmt: skip
+    expected = {
+        i: check(i, ns[t], hidden=True, verbose=False).score
+        for i, t in ((ex.id, ex.target) for ex in exercises_of_chapter(4))
+    }
     assert {i: int(row[i]) for i in CH4} == expected
     assert expected["04.padding_mask"] == full_marks("04.padding_mask") and expected["04.masked_softmax"] == 0
     assert 0 < expected["04.causal_mask"] < full_marks("04.causal_mask")
@@ -112,7 +124,9 @@ def test_malicious_looking_submission_is_not_run(fixture_grades, tmp_path) -> No
     assert (row["status"], row["total"]) == ("zero", "0")
     cell = cell_number("malicious", "os.system")
     assert row["reason"].startswith("looks malicious, not run:")
-    assert f"cell {cell} calls os.system()" in row["reason"] and f"cell {cell} monkeypatches torch.equal" in row["reason"]
+    assert (
+        f"cell {cell} calls os.system()" in row["reason"] and f"cell {cell} monkeypatches torch.equal" in row["reason"]
+    )
     assert not (ROOT / "ran.txt").exists() and not list(FIXTURES.parent.rglob("ran.txt"))
 
 
@@ -151,7 +165,10 @@ def test_usage_errors_exit_with_2(tmp_path, capsys) -> None:
         ("import ctypes", "imports ctypes"),
         ("import sys\nsys.modules['torch'] = None", "sys.modules"),
         ("open('out.txt', 'w').write('x')", "writes a file"),
-        ("import torch.nn.functional as F\nF.softmax = lambda *a, **k: None", "monkeypatches torch.nn.functional.softmax"),
+        (
+            "import torch.nn.functional as F\nF.softmax = lambda *a, **k: None",
+            "monkeypatches torch.nn.functional.softmax",
+        ),
         ("import transformer_lib\nsetattr(transformer_lib, 'x', 1)", "monkeypatches transformer_lib"),
         ("from transformer_lib.grading.core import REGISTRY", "grader's internals"),
         ("!ls", "shell command"),
@@ -164,14 +181,21 @@ def test_static_scan_flags_the_construct_and_names_the_cell(source: str, constru
     assert reasons and all(r.startswith("cell 2 ") for r in reasons) and any(construct in r for r in reasons), reasons
 
 
-@pytest.mark.parametrize("path", MASTERS + LEARNERS + [FIXTURES / "perfect.json"], ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "path", MASTERS + LEARNERS + [FIXTURES / "perfect.json"], ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_static_scan_passes_the_course_notebooks(path: Path) -> None:
     assert batch.scan_notebook(json.loads(path.read_text())) == []
 
 
 def test_generate_check_passes_on_the_committed_notebooks() -> None:
-    result = subprocess.run([sys.executable, "-m", "transformer_lib.grading", "generate", "--check"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "transformer_lib.grading", "generate", "--check"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -191,10 +215,19 @@ def test_generate_check_fails_on_a_stale_copy_and_generate_fixes_it(tmp_path, ca
 
 def test_generate_replaces_solutions_and_rejects_bad_markers() -> None:
     def nb(*sources: str) -> dict:
-        return {"cells": [{"cell_type": "code", "id": f"c{i}", "metadata": {}, "outputs": [], "execution_count": 3,
-                           "source": s} for i, s in enumerate(sources)], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}  # fmt: skip
+        return {
+            "cells": [
+                {"cell_type": "code", "id": f"c{i}", "metadata": {}, "outputs": [], "execution_count": 3, "source": s}
+                for i, s in enumerate(sources)
+            ],
+            "metadata": {},
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        }
 
-    master = nb("def f(x):\n    '''Doc.'''\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n", 'check("09.f", f)')
+    master = nb(
+        "def f(x):\n    '''Doc.'''\n    # BEGIN SOLUTION\n    return x + 1\n    # END SOLUTION\n", 'check("09.f", f)'
+    )
     learner = generate.learner_notebook(master)
     assert "".join(learner["cells"][0]["source"]) == (
         "def f(x):\n    '''Doc.'''\n    raise NotImplementedError(\"exercise 09.f: write your code here\")\n"

@@ -19,9 +19,18 @@ import torch
 
 from transformer_lib.grading import core
 from transformer_lib.grading.core import (
-    Exercise, Mismatch, check, expect, expect_close, expect_equal, expect_shape, expect_type, get_exercise,
-    register, summary,
-)  # fmt: skip
+    Exercise,
+    Mismatch,
+    check,
+    expect,
+    expect_close,
+    expect_equal,
+    expect_shape,
+    expect_type,
+    get_exercise,
+    register,
+    summary,
+)
 
 SECRET = 0.123456789  # the "answer" of the demo exercise: no message may print it
 
@@ -228,7 +237,10 @@ def imported_top_modules(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
-            found |= {alias.name if alias.name.startswith("transformer_lib.") else alias.name.split(".")[0] for alias in node.names}
+            found |= {
+                alias.name if alias.name.startswith("transformer_lib.") else alias.name.split(".")[0]
+                for alias in node.names
+            }
         elif isinstance(node, ast.ImportFrom):
             found.add(("." * node.level) + (node.module or ""))
     return found
@@ -250,12 +262,16 @@ def test_chapter_exercises_import_only_library_modules_of_earlier_chapters(path:
             module = name[2:].split(".")[0]
             assert MODULE_CHAPTER.get(module, 99) <= n, f"{path.name} imports transformer_lib.{module}"
         elif name.startswith("."):  # the checker, or the exercise helpers of an earlier (or the same) chapter
-            assert name == ".core" or (re.fullmatch(r"\.ch\d\d", name) and int(name[3:]) <= n), f"{path.name} imports {name}"
+            assert name == ".core" or (re.fullmatch(r"\.ch\d\d", name) and int(name[3:]) <= n), (
+                f"{path.name} imports {name}"
+            )
         elif name.startswith("transformer_lib."):
             module = name.split(".")[1]
             assert MODULE_CHAPTER.get(module, 99) <= n, f"{path.name} imports {name}"
         else:
-            assert name in sys.stdlib_module_names or name in ("torch", "__future__", "numpy"), f"{path.name} imports {name}"
+            assert name in sys.stdlib_module_names or name in ("torch", "__future__", "numpy"), (
+                f"{path.name} imports {name}"
+            )
 
 
 def test_public_grading_api_has_docstrings() -> None:

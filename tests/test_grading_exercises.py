@@ -13,10 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from grading_support import (
-    HIDDEN, LEARNERS, MASTERS, chapter_of, checked_targets, namespace, wrong_implementations,
-)  # fmt: skip
+    HIDDEN,
+    LEARNERS,
+    MASTERS,
+    chapter_of,
+    checked_targets,
+    namespace,
+    wrong_implementations,
+)
+
 from transformer_lib.grading import check, exercises_of_chapter, load_hidden
 
 CHAPTERS = sorted({chapter_of(p) for p in MASTERS})
@@ -72,4 +78,6 @@ def test_known_wrong_implementation_is_caught(exercise_id: str, description: str
 
 @pytest.mark.parametrize("exercise, path", EXERCISES, ids=[ex.id for ex, _ in EXERCISES])
 def test_every_exercise_has_a_known_wrong_implementation(exercise, path: Path) -> None:
-    assert any(w[0] == exercise.id for w in WRONG), f"add a wrong implementation of {exercise.id} to tests/grading_wrong/"
+    assert any(w[0] == exercise.id for w in WRONG), (
+        f"add a wrong implementation of {exercise.id} to tests/grading_wrong/"
+    )

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from grading_support import EXERCISES, LEARNERS, MASTERS, chapter_of, code_cells
 from test_course_structure import MODULE_CHAPTER, imported_course_modules
 
@@ -59,7 +58,9 @@ def test_title_links_and_last_cell(path: Path) -> None:
 def test_imports_only_earlier_chapters_and_grading(path: Path) -> None:
     n = chapter_of(path)
     used = set().union(*(imported_course_modules(src) for src in code_cells(path))) - {"grading"}
-    assert not used - MODULE_CHAPTER.keys(), f"{path.name} imports modules with no chapter: {used - MODULE_CHAPTER.keys()}"
+    assert not used - MODULE_CHAPTER.keys(), (
+        f"{path.name} imports modules with no chapter: {used - MODULE_CHAPTER.keys()}"
+    )
     later = sorted(m for m in used if MODULE_CHAPTER[m] > n)
     assert not later, f"{path.name} (chapter {n}) imports later modules {later}"
 
@@ -70,7 +71,9 @@ def test_learner_notebook_has_stubs_no_solutions_and_its_chapter(path: Path) -> 
     assert nb["metadata"]["transformer_course"] == {"chapter": chapter_of(path)}
     sources = "\n".join(code_cells(path))
     assert "BEGIN SOLUTION" not in sources and "END SOLUTION" not in sources
-    stubs = set(re.findall(r'raise NotImplementedError\("exercise (\d\d\.[a-z0-9_]+): write your code here"\)', sources))
+    stubs = set(
+        re.findall(r'raise NotImplementedError\("exercise (\d\d\.[a-z0-9_]+): write your code here"\)', sources)
+    )
     checked = set(re.findall(r"""check\(["'](\d\d\.[a-z0-9_]+)["']""", sources))
     assert stubs == checked and stubs, f"{path.name}: stubs for {sorted(stubs)}, checks for {sorted(checked)}"
 

@@ -25,14 +25,20 @@ def _(f):
     q, k, v = (torch.randn(2, 3, 4, 5, generator=g) for _ in range(3))
     mask = _random_mask(g, 2, 1, 1, 4)
     output, weights = _call_sdpa(f, q, k, v, mask)
-    expect_close(output, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "the output for 4-d inputs", ATOL, RTOL)
+    expect_close(
+        output, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), "the output for 4-d inputs", ATOL, RTOL
+    )
     expect_close(weights.sum(-1), torch.ones(2, 3, 4), "the row sums of the weights for 4-d inputs", 1e-4, 0)
 
 
 @get_exercise("02.sdpa").test("large scores stay finite and exact", hidden=True)
 def _(f):
     g = torch.Generator().manual_seed(11)
-    q, k, v = torch.randn(2, 6, 16, generator=g) * 12, torch.randn(2, 6, 16, generator=g) * 12, torch.randn(2, 6, 3, generator=g)
+    q, k, v = (
+        torch.randn(2, 6, 16, generator=g) * 12,
+        torch.randn(2, 6, 16, generator=g) * 12,
+        torch.randn(2, 6, 3, generator=g),
+    )
     output, _ = _call_sdpa(f, q, k, v)
     expect_close(output, F.scaled_dot_product_attention(q, k, v), "the output for large scores", 1e-4, 1e-4)
 

@@ -20,7 +20,9 @@ def _(f):
 def _(cls):
     module = _embedder(cls, 3, 256)
     tokens = torch.tensor([[2]])
-    expect_close(module(tokens), module.lut.weight[2].detach()[None, None] * 16.0, "the output for d_model=256", 1e-5, 1e-5)
+    expect_close(
+        module(tokens), module.lut.weight[2].detach()[None, None] * 16.0, "the output for d_model=256", 1e-5, 1e-5
+    )
 
 
 @get_exercise("03.positional_encoding").test("the buffer follows .to(dtype) and the batch broadcasts", hidden=True)
@@ -29,4 +31,10 @@ def _(cls):
     x = torch.zeros(4, 12, 6, dtype=torch.float64)
     out = module(x)
     expect(out.dtype == torch.float64, f"after .to(torch.float64) the output has dtype {out.dtype}")
-    expect_close(out, sinusoidal_positional_encoding(12, 6).double().expand(4, 12, 6), "the encoding added to zeros", PE_ATOL, 0.0)
+    expect_close(
+        out,
+        sinusoidal_positional_encoding(12, 6).double().expand(4, 12, 6),
+        "the encoding added to zeros",
+        PE_ATOL,
+        0.0,
+    )

@@ -6,10 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from transformer_lib.grading import expect, expect_close, get_exercise
 from transformer_lib.grading.ch06 import (
-    ATOL, RTOL, _add_norm, _encoder_layer, _ffn, _ffn_oracle, _layer_norm, _Recorder, matches, randn,
-)  # fmt: skip
+    ATOL,
+    RTOL,
+    _add_norm,
+    _encoder_layer,
+    _ffn,
+    _ffn_oracle,
+    _layer_norm,
+    _Recorder,
+    matches,
+    randn,
+)
 
 
 @get_exercise("06.feed_forward").test("other sizes, and inputs with 2 or 4 dimensions", hidden=True)
@@ -30,7 +40,9 @@ def _(AddNorm: Any) -> None:
         with torch.no_grad():
             norm = _layer_norm(module)
             expected = x + sub(norm(x)) if norm_first else norm(x + sub(x))
-            expect_close(module(x, sub), expected, f"the output (d_model=8, norm_first={norm_first})", atol=ATOL, rtol=RTOL)
+            expect_close(
+                module(x, sub), expected, f"the output (d_model=8, norm_first={norm_first})", atol=ATOL, rtol=RTOL
+            )
 
 
 @get_exercise("06.add_norm").test("no dropout in eval mode", hidden=True)
@@ -42,8 +54,11 @@ def _(AddNorm: Any) -> None:
             norm = _layer_norm(module)
             expected = x + sub(norm(x)) if norm_first else norm(x + sub(x))
             out = module(x, sub)
-        expect(matches(out, expected, ATOL), f"with dropout=0.5 in eval mode the output changed (norm_first={norm_first}): "
-               "dropout must be off in eval mode")  # fmt: skip
+        expect(
+            matches(out, expected, ATOL),
+            f"with dropout=0.5 in eval mode the output changed (norm_first={norm_first}): "
+            "dropout must be off in eval mode",
+        )
 
 
 @get_exercise("06.encoder_layer").test("no mask, and eval mode with dropout configured", hidden=True)
@@ -53,17 +68,23 @@ def _(EncoderLayer: Any) -> None:
         layer.eval()  # dropout configured but off: must equal the dropout-free reference
         x = randn(2, 6, 16, seed=121)
         with torch.no_grad():
-            expect_close(layer(x, None), ref(x), f"the output without a mask, in eval mode (norm_first={norm_first})",
-                         atol=ATOL, rtol=RTOL)  # fmt: skip
+            expect_close(
+                layer(x, None),
+                ref(x),
+                f"the output without a mask, in eval mode (norm_first={norm_first})",
+                atol=ATOL,
+                rtol=RTOL,
+            )
 
 
 @get_exercise("06.encoder_layer").test("a batch of one sentence with a per-query mask", hidden=True)
 def _(EncoderLayer: Any) -> None:
     layer, ref = _encoder_layer(EncoderLayer, norm_first=False)
     x = randn(1, 4, 16, seed=122)
-    allowed = torch.tensor([[True, True, False, False], [True, True, True, False], [True] * 4, [True] * 4])  # (len, len)
+    allowed = torch.tensor(
+        [[True, True, False, False], [True, True, True, False], [True] * 4, [True] * 4]
+    )  # (len, len)
     with torch.no_grad():
         out = layer(x, allowed[None, None])  # (1, 1, len, len)
         expected = ref(x, src_mask=~allowed)  # PyTorch: True = blocked
     expect_close(out, expected, "the output with a (1, 1, len, len) mask", atol=ATOL, rtol=RTOL)
-

@@ -10,9 +10,21 @@ import torch
 from transformer_lib.grading import expect, expect_close, expect_equal, get_exercise
 from transformer_lib.grading.ch06 import ATOL, RTOL
 from transformer_lib.grading.ch07 import (
-    GREEDY_LENGTHS, GREEDY_MAX_LEN, CountingModel, _batch, _compare_tokens, _counting_source, _decoder_layer, _mask_of,
-    _run_greedy, _tokens, expected_greedy, greedy_decode_reference, padded_source, small_transformer,
-)  # fmt: skip
+    GREEDY_LENGTHS,
+    GREEDY_MAX_LEN,
+    CountingModel,
+    _batch,
+    _compare_tokens,
+    _counting_source,
+    _decoder_layer,
+    _mask_of,
+    _run_greedy,
+    _tokens,
+    expected_greedy,
+    greedy_decode_reference,
+    padded_source,
+    small_transformer,
+)
 from transformer_lib.masks import target_mask
 
 
@@ -20,8 +32,11 @@ from transformer_lib.masks import target_mask
 def _(decoder_mask: Any) -> None:
     for lengths, length, pad_id in (([4, 2, 3], 4, 7), ([5, 5], 5, 0), ([1], 1, 3)):
         tokens = _tokens(lengths, length, pad_id=pad_id, seed=201)
-        expect_equal(_mask_of(decoder_mask, tokens, pad_id), target_mask(tokens, pad_id),
-                     f"the mask for pad_id={pad_id}, tokens of shape {tuple(tokens.shape)}")  # fmt: skip
+        expect_equal(
+            _mask_of(decoder_mask, tokens, pad_id),
+            target_mask(tokens, pad_id),
+            f"the mask for pad_id={pad_id}, tokens of shape {tuple(tokens.shape)}",
+        )
 
 
 @get_exercise("07.decoder_layer").test("source as long as the target, and no masks", hidden=True)
@@ -29,8 +44,13 @@ def _(DecoderLayer: Any) -> None:
     layer, ref = _decoder_layer(DecoderLayer)
     b = _batch(seed=202, tgt_lengths=[5, 5], src_lengths=[5, 5], tgt_len=5, src_len=5)
     with torch.no_grad():
-        expect_close(layer(b.x, b.memory, b.tgt_mask, b.memory_mask), b.reference(ref),
-                     "the output when source and target have the same length", atol=ATOL, rtol=RTOL)  # fmt: skip
+        expect_close(
+            layer(b.x, b.memory, b.tgt_mask, b.memory_mask),
+            b.reference(ref),
+            "the output when source and target have the same length",
+            atol=ATOL,
+            rtol=RTOL,
+        )
         expect_close(layer(b.x, b.memory), ref(b.x, b.memory), "the output without any mask", atol=ATOL, rtol=RTOL)
 
 
@@ -40,8 +60,13 @@ def _(DecoderLayer: Any) -> None:
     layer.eval()
     b = _batch(seed=203)
     with torch.no_grad():
-        expect_close(layer(b.x, b.memory, b.tgt_mask, b.memory_mask), b.reference(ref),
-                     "the output in eval mode (dropout=0.3 must be off)", atol=ATOL, rtol=RTOL)  # fmt: skip
+        expect_close(
+            layer(b.x, b.memory, b.tgt_mask, b.memory_mask),
+            b.reference(ref),
+            "the output in eval mode (dropout=0.3 must be off)",
+            atol=ATOL,
+            rtol=RTOL,
+        )
 
 
 @get_exercise("07.greedy_decode").test("other ids for <bos>, <eos> and <pad>", hidden=True)

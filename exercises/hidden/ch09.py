@@ -10,9 +10,18 @@ import torch
 
 from transformer_lib.grading import Mismatch, expect, expect_close, get_exercise
 from transformer_lib.grading.ch09 import (
-    CACHE_ATOL, SCORE_ATOL, ToyScorer, _hypotheses, _lp, _scores, _search, _step, brute_force, causal_reference,
+    CACHE_ATOL,
+    SCORE_ATOL,
+    ToyScorer,
+    _hypotheses,
+    _lp,
+    _scores,
+    _search,
+    _step,
+    brute_force,
+    causal_reference,
     normalised_scores_reference,
-)  # fmt: skip
+)
 from transformer_lib.masks import causal_mask
 from transformer_lib.model import make_model
 
@@ -22,11 +31,17 @@ def _(normalised_scores: Any) -> None:
     tokens, log_probs = _hypotheses(seed=401, eos_id=0)
     log_probs = log_probs.double()
     out = _scores(normalised_scores, tokens, log_probs, 0, 2.0)
-    expect_close(out, normalised_scores_reference(tokens, log_probs, 0, 2.0), "the scores (eos_id=0, alpha=2, float64)",
-                 atol=SCORE_ATOL, rtol=0)  # fmt: skip
+    expect_close(
+        out,
+        normalised_scores_reference(tokens, log_probs, 0, 2.0),
+        "the scores (eos_id=0, alpha=2, float64)",
+        atol=SCORE_ATOL,
+        rtol=0,
+    )
     one = _scores(normalised_scores, torch.tensor([[2, 5, 2]]), torch.tensor([[-0.7, -3.0, -1.0]]), 2, 0.6)
-    expect_close(one, torch.tensor([-0.7]) / _lp(1, 0.6), "the score of a hypothesis that is just <eos>",
-                 atol=SCORE_ATOL, rtol=0)  # fmt: skip
+    expect_close(
+        one, torch.tensor([-0.7]) / _lp(1, 0.6), "the score of a hypothesis that is just <eos>", atol=SCORE_ATOL, rtol=0
+    )
 
 
 @get_exercise("09.kv_cache").test("a cache that already holds earlier positions; float64; one head", hidden=True)
@@ -38,9 +53,16 @@ def _(attend_with_cache: Any) -> None:
         cache = {"k": K[:, :, :4].clone(), "v": V[:, :, :4].clone()}  # positions 0-3 were decoded before
         for t in range(4, 7):
             out = _step(attend_with_cache, Q[:, :, t : t + 1], K[:, :, t : t + 1], V[:, :, t : t + 1], cache)
-            expect_close(out, expected[:, :, t : t + 1], f"the output at position {t} ({dtype}, {heads} head(s))",
-                         atol=CACHE_ATOL, rtol=0)  # fmt: skip
-        expect(cache["k"].shape[2] == 7, f'after 3 more steps cache["k"] holds {cache["k"].shape[2]} positions, expected 7')
+            expect_close(
+                out,
+                expected[:, :, t : t + 1],
+                f"the output at position {t} ({dtype}, {heads} head(s))",
+                atol=CACHE_ATOL,
+                rtol=0,
+            )
+        expect(
+            cache["k"].shape[2] == 7, f'after 3 more steps cache["k"] holds {cache["k"].shape[2]} positions, expected 7'
+        )
 
 
 def _greedy(scorer: Callable[[torch.Tensor], torch.Tensor], bos_id: int, eos_id: int, max_len: int) -> list[int]:
@@ -61,8 +83,10 @@ def _remapped(ids: dict[int, int]) -> ToyScorer:
             (BOS, A): {EOS: 0.3, A: 0.36, B: 0.34},
             (BOS, B): {EOS: 0.95, A: 0.025, B: 0.025},
         },
-        default={EOS: 0.6, A: 0.2, B: 0.2}, bos_id=BOS, eos_id=EOS,
-    )  # fmt: skip
+        default={EOS: 0.6, A: 0.2, B: 0.2},
+        bos_id=BOS,
+        eos_id=EOS,
+    )
 
 
 IDS = {"bos": 4, "eos": 0, "a": 1, "b": 2}
@@ -105,6 +129,10 @@ def _(beam_search: Any) -> None:
         scorer = _transformer_scorer(seed)
         expected, expected_score = brute_force(scorer, 1, 2, 4, 0.6, 6)
         tokens, score = _search(beam_search, scorer, 4, 3, 0.6)
-        expect(tokens == expected, f"with a small Transformer (seed {seed}), the returned hypothesis is not the best one")
-        expect(abs(score - expected_score) < SCORE_ATOL, "with a small Transformer, the returned score is not the "
-               "hypothesis' log P / lp(length)")  # fmt: skip
+        expect(
+            tokens == expected, f"with a small Transformer (seed {seed}), the returned hypothesis is not the best one"
+        )
+        expect(
+            abs(score - expected_score) < SCORE_ATOL,
+            "with a small Transformer, the returned score is not the hypothesis' log P / lp(length)",
+        )

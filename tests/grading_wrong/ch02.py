@@ -17,8 +17,19 @@ def _score_std(d_k, scaled, num_samples=20000, generator=None, divide=math.sqrt,
     return (scores.std() if stat == "std" else scores.var()).item()
 
 
-def _sdpa(query, key, value, mask=None, *, scale=True, transpose=True, mask_after=False, fill=float("-inf"),
-          invert=False, dim=-1):  # fmt: skip
+def _sdpa(
+    query,
+    key,
+    value,
+    mask=None,
+    *,
+    scale=True,
+    transpose=True,
+    mask_after=False,
+    fill=float("-inf"),
+    invert=False,
+    dim=-1,
+):
     k = key.transpose(-2, -1) if transpose else key
     scores = query @ k
     if scale:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from transformer_lib.attention import scaled_dot_product_attention
@@ -52,7 +51,9 @@ class MergedInWrongOrder(_MHA):
 
 class InvertedMask(_MHA):
     def attend(self, q, k, v, mask):
-        return scaled_dot_product_attention(q, k, v, None if mask is None else ~mask | ~(~mask).any(-1, keepdim=True))[0]
+        return scaled_dot_product_attention(q, k, v, None if mask is None else ~mask | ~(~mask).any(-1, keepdim=True))[
+            0
+        ]
 
 
 class OneHead(_MHA):

@@ -121,8 +121,25 @@ class QueriesFromMemoryWhenSameLength(_DecoderLayer):
 # --------------------------------------------------------------------------- 07.greedy_decode
 
 
-def _greedy(model, src, src_mask, max_len, bos_id, eos_id, pad_id, *, feed=True, stop=True, pad=True, bos=True,
-            source_mask=True, causal=True, eval_mode=True, steps=0, keep_bos=True):  # fmt: skip
+def _greedy(
+    model,
+    src,
+    src_mask,
+    max_len,
+    bos_id,
+    eos_id,
+    pad_id,
+    *,
+    feed=True,
+    stop=True,
+    pad=True,
+    bos=True,
+    source_mask=True,
+    causal=True,
+    eval_mode=True,
+    steps=0,
+    keep_bos=True,
+):
     if eval_mode:
         model.eval()
     with torch.no_grad():

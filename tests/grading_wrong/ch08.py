@@ -19,8 +19,21 @@ def _variant(fn, **kwargs):
 # --------------------------------------------------------------------------- 08.noam_lr
 
 
-def _noam(step, d_model, warmup, factor=1.0, *, rise=-1.5, peak=min, use_factor=True, d_exp=-0.5, clamp=True,
-          warm_mult=1.0, ramp=True, as_tensor=False):  # fmt: skip
+def _noam(
+    step,
+    d_model,
+    warmup,
+    factor=1.0,
+    *,
+    rise=-1.5,
+    peak=min,
+    use_factor=True,
+    d_exp=-0.5,
+    clamp=True,
+    warm_mult=1.0,
+    ramp=True,
+    as_tensor=False,
+):
     if clamp:
         step = max(step, 1)
     lr = (factor if use_factor else 1.0) * d_model**d_exp
@@ -31,8 +44,21 @@ def _noam(step, d_model, warmup, factor=1.0, *, rise=-1.5, peak=min, use_factor=
 # --------------------------------------------------------------------------- 08.label_smoothing
 
 
-def _smoothed(log_probs, target, eps, pad_id=0, *, others_only=False, ignore=True, divide_all=False, reduce="mean",
-              pad_value=None, detach=False, keep_dim=False, annotated=False):  # fmt: skip
+def _smoothed(
+    log_probs,
+    target,
+    eps,
+    pad_id=0,
+    *,
+    others_only=False,
+    ignore=True,
+    divide_all=False,
+    reduce="mean",
+    pad_value=None,
+    detach=False,
+    keep_dim=False,
+    annotated=False,
+):
     vocab = log_probs.size(-1)
     pad = pad_id if pad_value is None else pad_value
     if annotated:  # the Annotated Transformer's distribution: eps / (V - 2) to the others, 0 to <pad>
@@ -65,8 +91,25 @@ def _no_smoothing(log_probs, target, eps, pad_id=0):
 # --------------------------------------------------------------------------- 08.train_step
 
 
-def _step(model, optimizer, src, tgt, pad_id, smoothing, clip_norm, *, zero_grad=True, clip=True, clip_after=False,
-          shift=True, source_mask=True, train_mode=True, smooth=True, update=True, as_tensor=False):  # fmt: skip
+def _step(
+    model,
+    optimizer,
+    src,
+    tgt,
+    pad_id,
+    smoothing,
+    clip_norm,
+    *,
+    zero_grad=True,
+    clip=True,
+    clip_after=False,
+    shift=True,
+    source_mask=True,
+    train_mode=True,
+    smooth=True,
+    update=True,
+    as_tensor=False,
+):
     if train_mode:
         model.train()
     tgt_in, tgt_out = (tgt[:, :-1], tgt[:, 1:]) if shift else (tgt[:, :-1], tgt[:, :-1])
@@ -99,7 +142,10 @@ WRONG = {
         ("<pad> positions not ignored", _variant(_smoothed, ignore=False)),
         ("mean over all positions, <pad> included", _variant(_smoothed, divide_all=True)),
         ("eps / (V - 1) to the non-reference tokens only", _variant(_smoothed, others_only=True)),
-        ("the Annotated Transformer's distribution (eps / (V - 2), none to <pad>)", _variant(_smoothed, annotated=True)),
+        (
+            "the Annotated Transformer's distribution (eps / (V - 2), none to <pad>)",
+            _variant(_smoothed, annotated=True),
+        ),
         ("no smoothing at all", _no_smoothing),
         ("summed instead of averaged", _variant(_smoothed, reduce="sum")),
         ("detached from the graph", _variant(_smoothed, detach=True)),

@@ -15,8 +15,19 @@ def _variant(fn, **kwargs):
 # --------------------------------------------------------------------------- 09.length_penalty
 
 
-def _scores(tokens, token_log_probs, eos_id, alpha, *, count_after=False, drop_eos=False, length_without_eos=False,
-            mean=False, multiply=False, no_alpha=False):  # fmt: skip
+def _scores(
+    tokens,
+    token_log_probs,
+    eos_id,
+    alpha,
+    *,
+    count_after=False,
+    drop_eos=False,
+    length_without_eos=False,
+    mean=False,
+    multiply=False,
+    no_alpha=False,
+):
     is_eos = (tokens == eos_id).long()
     after = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first <eos>
     from_eos = is_eos.cumsum(1) > 0  # the first <eos> and after
@@ -68,9 +79,23 @@ def _attend(q, k, v, cache, *, scale="sqrt", prepend=False, store=True, attend_f
 # --------------------------------------------------------------------------- 09.beam_search
 
 
-def _beam(next_log_probs, bos_id, eos_id, max_len, beam_size, alpha, *, normalise=True, extend_finished=False,
-          width=None, keep_unfinished=True, start_with_bos=True, stop_at_first=False, length_shift=0,
-          raw_score=False):  # fmt: skip
+def _beam(
+    next_log_probs,
+    bos_id,
+    eos_id,
+    max_len,
+    beam_size,
+    alpha,
+    *,
+    normalise=True,
+    extend_finished=False,
+    width=None,
+    keep_unfinished=True,
+    start_with_bos=True,
+    stop_at_first=False,
+    length_shift=0,
+    raw_score=False,
+):
     def lp(n):
         return ((5 + n) / 6) ** alpha if normalise else 1.0
 
@@ -83,7 +108,7 @@ def _beam(next_log_probs, bos_id, eos_id, max_len, beam_size, alpha, *, normalis
         candidates = [(p + [t], s + float(log_probs[i, t])) for i, (p, s) in enumerate(live) for t in range(vocab)]
         candidates.sort(key=lambda c: c[1], reverse=True)
         live = []
-        for p, s in (candidates if k == "all" else candidates[:k]):
+        for p, s in candidates if k == "all" else candidates[:k]:
             if p[-1] == eos_id and not extend_finished:
                 finished.append((p, s / lp(step + length_shift), s))
             else:

@@ -65,11 +65,42 @@ _FORBIDDEN_MODULES = {
     "marshal": "loads code objects",
 }
 _OS_CALLS = {
-    "system", "popen", "execv", "execve", "execl", "execle", "execlp", "execvp", "execvpe", "spawnv", "spawnl",
-    "fork", "forkpty", "kill", "killpg", "remove", "unlink", "rmdir", "removedirs", "rename", "renames", "replace",
-    "_exit", "chdir", "chmod", "chown", "truncate", "putenv", "unsetenv", "write", "open", "symlink", "link",
-    "makedirs", "mkdir",
-}  # fmt: skip
+    "system",
+    "popen",
+    "execv",
+    "execve",
+    "execl",
+    "execle",
+    "execlp",
+    "execvp",
+    "execvpe",
+    "spawnv",
+    "spawnl",
+    "fork",
+    "forkpty",
+    "kill",
+    "killpg",
+    "remove",
+    "unlink",
+    "rmdir",
+    "removedirs",
+    "rename",
+    "renames",
+    "replace",
+    "_exit",
+    "chdir",
+    "chmod",
+    "chown",
+    "truncate",
+    "putenv",
+    "unsetenv",
+    "write",
+    "open",
+    "symlink",
+    "link",
+    "makedirs",
+    "mkdir",
+}
 _BUILTIN_CALLS = {"eval", "exec", "compile", "__import__", "get_ipython", "globals", "breakpoint"}
 _DUNDERS = {"__globals__", "__subclasses__", "__code__", "__builtins__", "__loader__", "__bases__", "__mro__"}
 _WRITE_METHODS = {"write_text", "write_bytes", "unlink", "rmdir", "rename", "replace", "touch", "mkdir", "save"}
@@ -126,7 +157,9 @@ class _Scanner(ast.NodeVisitor):
         if module.startswith("transformer_lib.grading"):
             extra = [a.name for a in node.names if a.name not in ("check", "summary")]
             if extra or module != "transformer_lib.grading":
-                self.flag(f"imports the grader's internals (from {module} import {', '.join(a.name for a in node.names)})")
+                self.flag(
+                    f"imports the grader's internals (from {module} import {', '.join(a.name for a in node.names)})"
+                )
         else:
             self._check_module(module, "imports from")
         for alias in node.names:
@@ -156,7 +189,11 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Compare(self, node: ast.Compare) -> None:
         for op, right in zip(node.ops, node.comparators):  # `"google.colab" in sys.modules` only reads a name
-            if isinstance(op, (ast.In, ast.NotIn)) and _dotted(right) and self._resolved(_dotted(right)) == "sys.modules":
+            if (
+                isinstance(op, (ast.In, ast.NotIn))
+                and _dotted(right)
+                and self._resolved(_dotted(right)) == "sys.modules"
+            ):
                 self.allowed.add(id(right))
         self.generic_visit(node)
 
@@ -178,13 +215,18 @@ class _Scanner(ast.NodeVisitor):
         if dotted.startswith("os.") and dotted.split(".")[1] in _OS_CALLS:
             self.flag(f"calls {dotted}()")
         if isinstance(func, ast.Name) and func.id == "open" or dotted in ("io.open", "builtins.open"):
-            mode = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            mode = (
+                node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "mode"), None)
+            )
             if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and set(mode.value) & set("wax+"):
                 self.flag(f"writes a file (open(..., {mode.value!r}))")
             elif mode is not None and not isinstance(mode, ast.Constant):
                 self.flag("opens a file with a computed mode")
-        if isinstance(func, ast.Attribute) and func.attr in _WRITE_METHODS and dotted not in ("",) and (
-            dotted.startswith(("pathlib.", "torch.save")) or func.attr in ("write_text", "write_bytes")
+        if (
+            isinstance(func, ast.Attribute)
+            and func.attr in _WRITE_METHODS
+            and dotted not in ("",)
+            and (dotted.startswith(("pathlib.", "torch.save")) or func.attr in ("write_text", "write_bytes"))
         ):
             self.flag(f"writes or deletes files ({_dotted(func) or func.attr}())")
         self.generic_visit(node)
@@ -197,7 +239,11 @@ class _Scanner(ast.NodeVisitor):
         if isinstance(target, (ast.Attribute, ast.Subscript)):
             root = _root(target)
             module = self.modules.get(root, "")
-            if module.split(".")[0] in _PROTECTED_ROOTS or root in ("sys", "builtins") or module.split(".")[0] in ("sys", "builtins"):
+            if (
+                module.split(".")[0] in _PROTECTED_ROOTS
+                or root in ("sys", "builtins")
+                or module.split(".")[0] in ("sys", "builtins")
+            ):
                 self.flag(f"monkeypatches {self._resolved(_dotted(target)) or root} ({verb})")
 
     def visit_Assign(self, node: ast.Assign) -> None:
@@ -349,9 +395,13 @@ def _execute(nb: dict, chapter: int, hidden: Path, cell_timeout: float) -> tuple
     budget = sum(ex.timeout_s for ex in exercises_of_chapter(chapter)) + 60.0  # every check's own limit, and some
     with tempfile.TemporaryDirectory(prefix="tl-grade-") as workdir:
         client = NotebookClient(
-            notebook, timeout=cell_timeout, kernel_name="python3", allow_errors=False, record_timing=False,
+            notebook,
+            timeout=cell_timeout,
+            kernel_name="python3",
+            allow_errors=False,
+            record_timing=False,
             resources={"metadata": {"path": workdir}},
-        )  # fmt: skip
+        )
         index = 0
         try:
             with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):  # kernel's own logs
@@ -384,8 +434,9 @@ def _execute(nb: dict, chapter: int, hidden: Path, cell_timeout: float) -> tuple
     return None, "the grading step printed no result"
 
 
-def grade_submission(path: str | os.PathLike, hidden: str | os.PathLike = "exercises/hidden",
-                     cell_timeout: float = 60.0) -> GradeRow:  # fmt: skip
+def grade_submission(
+    path: str | os.PathLike, hidden: str | os.PathLike = "exercises/hidden", cell_timeout: float = 60.0
+) -> GradeRow:
     """Grade one submitted notebook (never raises for a bad submission: it gets a zero and a reason)."""
     path, hidden = Path(path), Path(hidden)
     row = GradeRow(learner=path.stem, notebook=str(path))
@@ -396,8 +447,11 @@ def grade_submission(path: str | os.PathLike, hidden: str | os.PathLike = "exerc
     row.chapter = chapter_of(nb, path)
     exercises = exercises_of_chapter(row.chapter) if row.chapter is not None else []
     if not exercises:
-        row.reason = "cannot tell which chapter's exercises this notebook holds" if row.chapter is None else (
-            f"chapter {row.chapter} has no exercises")
+        row.reason = (
+            "cannot tell which chapter's exercises this notebook holds"
+            if row.chapter is None
+            else (f"chapter {row.chapter} has no exercises")
+        )
         return row
     load_hidden(hidden)  # so that max_score counts the hidden tests too
     row.scores = {ex.id: 0 for ex in exercises}
@@ -416,7 +470,10 @@ def grade_submission(path: str | os.PathLike, hidden: str | os.PathLike = "exerc
         result = results.get(ex.id, {"score": 0, "max_score": ex.max_score(hidden=True), "note": "not graded"})
         row.scores[ex.id] = int(result["score"])
         if result.get("note") or result["score"] != result["max_score"]:
-            notes.append(f"{ex.id} {result['score']}/{result['max_score']}" + (f" ({result['note']})" if result.get("note") else ""))
+            notes.append(
+                f"{ex.id} {result['score']}/{result['max_score']}"
+                + (f" ({result['note']})" if result.get("note") else "")
+            )
     row.status, row.reason = "graded", "; ".join(notes)
     return row
 
@@ -435,8 +492,12 @@ def write_csv(rows: list[GradeRow], out: str | os.PathLike) -> None:
     write_atomic(out, buffer.getvalue())
 
 
-def grade(submissions: list[str | os.PathLike], out: str | os.PathLike, hidden: str | os.PathLike = "exercises/hidden",
-          cell_timeout: float = 60.0) -> list[GradeRow]:  # fmt: skip
+def grade(
+    submissions: list[str | os.PathLike],
+    out: str | os.PathLike,
+    hidden: str | os.PathLike = "exercises/hidden",
+    cell_timeout: float = 60.0,
+) -> list[GradeRow]:
     """Grade every submission in order, print a progress line per submission to stderr, write the CSV."""
     rows = []
     for n, path in enumerate(submissions, start=1):
@@ -444,7 +505,9 @@ def grade(submissions: list[str | os.PathLike], out: str | os.PathLike, hidden: 
         row = grade_submission(path, hidden, cell_timeout)
         rows.append(row)
         outcome = f"{row.total}/{row.max_total}" if row.status == "graded" else f"zero ({row.reason})"
-        print(f"[{n}/{len(submissions)}] {Path(path).name}: {outcome} ({time.monotonic() - start:.0f} s)", file=sys.stderr)
+        print(
+            f"[{n}/{len(submissions)}] {Path(path).name}: {outcome} ({time.monotonic() - start:.0f} s)", file=sys.stderr
+        )
     write_csv(rows, out)
     return rows
 
@@ -465,4 +528,3 @@ def main(submissions: list[str], out: str, hidden: str = "exercises/hidden", cel
     graded = sum(r.status == "graded" for r in rows)
     print(f"wrote {out}: {graded} graded, {len(rows) - graded} zero", file=sys.stderr)
     return 0
-

@@ -148,8 +148,14 @@ def _(f: Any) -> None:
     output, weights = _call_sdpa(f, q, k, v)
     ref_out, ref_weights = _reference_sdpa(q, k, v)
     expect_close(weights, ref_weights, "the weights", ATOL, RTOL)
-    expect_close(output, F.scaled_dot_product_attention(q, k, v), "the output", ATOL, RTOL,
-                 hint="the weights are right, so look at how they combine the values")  # fmt: skip
+    expect_close(
+        output,
+        F.scaled_dot_product_attention(q, k, v),
+        "the output",
+        ATOL,
+        RTOL,
+        hint="the weights are right, so look at how they combine the values",
+    )
 
 
 @sdpa.test("a boolean mask (True = may attend) hides keys", points=2)
@@ -168,7 +174,11 @@ def _(f: Any) -> None:
 @sdpa.test("gradients reach query, key and value", points=1)
 def _(f: Any) -> None:
     g = torch.Generator().manual_seed(4)
-    mine = [_randn(g, 2, 3, 4).requires_grad_(), _randn(g, 2, 5, 4).requires_grad_(), _randn(g, 2, 5, 4).requires_grad_()]
+    mine = [
+        _randn(g, 2, 3, 4).requires_grad_(),
+        _randn(g, 2, 5, 4).requires_grad_(),
+        _randn(g, 2, 5, 4).requires_grad_(),
+    ]
     ref = [t.detach().clone().requires_grad_() for t in mine]
     upstream = _randn(g, 2, 3, 4)  # a random gradient flowing into the output
     output, _ = _call_sdpa(f, *mine)

@@ -42,8 +42,14 @@ def _(f: Any) -> None:
 @pe.test("position 0 is the encoding of angle 0 everywhere")
 def _(f: Any) -> None:
     table = _pe(f, 4, 8)
-    expect_close(table[0], _reference_pe(4, 8)[0], "row 0 (position 0)", PE_ATOL, 0.0,
-                 hint="at position 0 every angle is 0: which columns are sines, which cosines?")  # fmt: skip
+    expect_close(
+        table[0],
+        _reference_pe(4, 8)[0],
+        "row 0 (position 0)",
+        PE_ATOL,
+        0.0,
+        hint="at position 0 every angle is 0: which columns are sines, which cosines?",
+    )
 
 
 @pe.test("even columns (0, 2, 4, …): sines of the right frequencies", points=2)
@@ -104,8 +110,14 @@ def _(cls: Any) -> None:
     out = module(tokens)
     expect_shape(out, (3, 7, 16), "the output (batch, len, d_model)")
     ratio = (out.detach().norm() / expected.norm()).item()
-    expect_close(out, expected, "the output", ATOL, RTOL,
-                 hint=f"your vectors are {ratio:.3g}× as long as they should be" if abs(ratio - 1) > 1e-3 else "")  # fmt: skip
+    expect_close(
+        out,
+        expected,
+        "the output",
+        ATOL,
+        RTOL,
+        hint=f"your vectors are {ratio:.3g}× as long as they should be" if abs(ratio - 1) > 1e-3 else "",
+    )
 
 
 @embeddings.test("the gradient reaches the look-up table")
@@ -158,7 +170,9 @@ def _(cls: Any) -> None:
     module = _positional(cls, 4, 9)
     for length in (1, 9):
         x = torch.randn(1, length, 4, generator=g)
-        expect_close(module(x) - x, _reference_pe(length, 4)[None], f"the added encoding for length {length}", PE_ATOL, 0.0)
+        expect_close(
+            module(x) - x, _reference_pe(length, 4)[None], f"the added encoding for length {length}", PE_ATOL, 0.0
+        )
 
 
 @positional.test("the gradient flows back to the input unchanged")
@@ -169,4 +183,3 @@ def _(cls: Any) -> None:
     expect(isinstance(out, Tensor) and out.requires_grad, "the output does not depend on the input through autograd")
     out.sum().backward()
     expect_close(x.grad, torch.ones(2, 3, 4), "the gradient with respect to the input", ATOL, 0.0)
-

@@ -197,8 +197,10 @@ def _(FeedForward: Any) -> None:
     with torch.no_grad():
         a, b = ffn(x), ffn(y)
     others = [0, 1, 3, 4, 5]
-    expect(not differs(a[:, others], b[:, others]),
-           "changing the input at position 2 changed the output at other positions")  # fmt: skip
+    expect(
+        not differs(a[:, others], b[:, others]),
+        "changing the input at position 2 changed the output at other positions",
+    )
     expect(differs(a[:, 2], b[:, 2]), "changing the input at position 2 did not change the output there")
 
 
@@ -231,7 +233,9 @@ class _Recorder:
         return torch.tanh(y @ self.A) + self.c
 
 
-def _add_norm(AddNorm: Any, norm_first: bool, dropout: float = 0.0, d_model: int = D_MODEL, seed: int = 11) -> nn.Module:
+def _add_norm(
+    AddNorm: Any, norm_first: bool, dropout: float = 0.0, d_model: int = D_MODEL, seed: int = 11
+) -> nn.Module:
     module = build(AddNorm, d_model, dropout=dropout, norm_first=norm_first)
     attribute(module, "norm", nn.LayerNorm, "your AddNorm")
     randomise(module, seed)  # a non-trivial scale and shift: LayerNorm must be the module's own `norm`
@@ -276,9 +280,13 @@ def _(AddNorm: Any) -> None:
             without_x = torch.zeros_like(x) if norm_first else norm(torch.zeros_like(x))  # what is left without x
         hint = "x does not reach the output (the residual path)" if matches(out, without_x) else ""
         expect_close(
-            out, expected, f"with a sub-layer that returns zeros, the output (norm_first={norm_first})", atol=ATOL,
-            rtol=RTOL, hint=hint,
-        )  # fmt: skip
+            out,
+            expected,
+            f"with a sub-layer that returns zeros, the output (norm_first={norm_first})",
+            atol=ATOL,
+            rtol=RTOL,
+            hint=hint,
+        )
 
 
 @add_norm.test("post-LN (norm_first=False): LayerNorm(x + Sublayer(x))", points=2)
@@ -330,15 +338,18 @@ def _(AddNorm: Any) -> None:
             expected = x if norm_first else _layer_norm(module)(x)
         expect(
             matches(out, expected, ATOL),
-            f"in training mode with dropout=0.5 and a sub-layer that returns zeros, the output (norm_first={norm_first}) "
-            "changed: dropout is applied to more than the sub-layer's output",
+            "in training mode with dropout=0.5 and a sub-layer that returns zeros, the output "
+            f"(norm_first={norm_first}) changed: dropout is applied to more than the sub-layer's output",
         )
     module = _add_norm(AddNorm, True, dropout=0.5).train()
     with torch.no_grad():
         kept = module(x, torch.ones_like) - x  # pre-LN: each entry is 0 (dropped) or 1 / (1 - p) = 2 (kept)
     dropped, scaled = (kept.abs() < 1e-5), ((kept - 2.0).abs() < 1e-4)
-    expect(bool((dropped | scaled).all()), "in training mode, the sub-layer's output is not dropped-or-rescaled entrywise "
-           "(expected each entry to be zeroed or scaled by 1/(1-p))")  # fmt: skip
+    expect(
+        bool((dropped | scaled).all()),
+        "in training mode, the sub-layer's output is not dropped-or-rescaled entrywise "
+        "(expected each entry to be zeroed or scaled by 1/(1-p))",
+    )
     expect(bool(dropped.any()), "in training mode with dropout=0.5, no entry of the sub-layer's output was dropped")
 
 
@@ -348,20 +359,24 @@ def _(AddNorm: Any) -> None:
         module = _add_norm(AddNorm, norm_first).train()
         x = randn(2, 4, D_MODEL, seed=22).requires_grad_()
         w = randn(D_MODEL, D_MODEL, seed=23, scale=D_MODEL**-0.5).requires_grad_()
-        out = module(x, lambda y: torch.tanh(y @ w))
+        out = module(x, lambda y, w=w: torch.tanh(y @ w))
         expect_type(out, Tensor, "the output")
         project(out, seed=24).backward()
         expect_gradients(module, f"AddNorm (norm_first={norm_first})")
         for name, t in (("x", x), ("the sub-layer's weights", w)):
-            expect(t.grad is not None and bool(t.grad.abs().sum() > 0),
-                   f"no gradient reached {name} (norm_first={norm_first})")  # fmt: skip
+            expect(
+                t.grad is not None and bool(t.grad.abs().sum() > 0),
+                f"no gradient reached {name} (norm_first={norm_first})",
+            )
 
 
 # --------------------------------------------------------------------------- 06.encoder_layer
 
 encoder_layer = register(
     Exercise(
-        "06.encoder_layer", "Encoder layer (self-attention + FFN, each in Add & Norm)", target="EncoderLayer",
+        "06.encoder_layer",
+        "Encoder layer (self-attention + FFN, each in Add & Norm)",
+        target="EncoderLayer",
         timeout_s=30,
     )
 )

@@ -24,8 +24,19 @@ from transformer_lib.masks import causal_mask, target_mask
 from transformer_lib.model import Transformer, greedy_decode, make_model
 
 from .ch06 import (
-    ATOL, RTOL, attribute, build, copy_ffn, copy_mha, differs, expect_gradients, length_mask, project, randn, randomise,
-)  # fmt: skip
+    ATOL,
+    RTOL,
+    attribute,
+    build,
+    copy_ffn,
+    copy_mha,
+    differs,
+    expect_gradients,
+    length_mask,
+    project,
+    randn,
+    randomise,
+)
 from .core import Exercise, Mismatch, expect, expect_close, expect_equal, expect_shape, expect_type, register
 
 D_MODEL, HEADS, D_FF = 16, 4, 32
@@ -123,10 +134,12 @@ def _(decoder_mask: Any) -> None:
 
 decoder_layer = register(
     Exercise(
-        "07.decoder_layer", "Decoder layer (masked self-attention, cross-attention, FFN)", target="DecoderLayer",
+        "07.decoder_layer",
+        "Decoder layer (masked self-attention, cross-attention, FFN)",
+        target="DecoderLayer",
         timeout_s=30,
     )
-)  # fmt: skip
+)
 
 
 def _decoder_layer(DecoderLayer: Any, dropout: float = 0.0) -> tuple[nn.Module, nn.TransformerDecoderLayer]:
@@ -155,13 +168,21 @@ class _Batch:
     def reference(self, ref: nn.TransformerDecoderLayer) -> Tensor:
         """PyTorch's output (its masks: True = blocked)."""
         return ref(
-            self.x, self.memory, tgt_mask=~causal_mask(self.x.size(1)), tgt_key_padding_mask=~self.tgt_real,
+            self.x,
+            self.memory,
+            tgt_mask=~causal_mask(self.x.size(1)),
+            tgt_key_padding_mask=~self.tgt_real,
             memory_key_padding_mask=~self.src_real,
-        )  # fmt: skip
+        )
 
 
-def _batch(seed: int, tgt_lengths: list[int] = TGT_LENGTHS, src_lengths: list[int] = SRC_LENGTHS,
-           tgt_len: int = TGT_LEN, src_len: int = SRC_LEN) -> _Batch:  # fmt: skip
+def _batch(
+    seed: int,
+    tgt_lengths: list[int] = TGT_LENGTHS,
+    src_lengths: list[int] = SRC_LENGTHS,
+    tgt_len: int = TGT_LEN,
+    src_len: int = SRC_LEN,
+) -> _Batch:
     tgt_real, src_real = length_mask(tgt_lengths, tgt_len), length_mask(src_lengths, src_len)
     return _Batch(
         x=randn(len(tgt_lengths), tgt_len, D_MODEL, seed=seed),
@@ -188,8 +209,10 @@ def _(DecoderLayer: Any) -> None:
     y[:, 3:] = randn(3, TGT_LEN - 3, D_MODEL, seed=44, scale=3.0)  # change positions 3, 4, 5 only
     with torch.no_grad():
         a, c = layer(b.x, b.memory, b.tgt_mask, b.memory_mask), layer(y, b.memory, b.tgt_mask, b.memory_mask)
-    expect(not differs(a[:, :3], c[:, :3]),
-           "future leak: outputs at positions 0-2 changed when only positions 3-5 of x changed")  # fmt: skip
+    expect(
+        not differs(a[:, :3], c[:, :3]),
+        "future leak: outputs at positions 0-2 changed when only positions 3-5 of x changed",
+    )
 
 
 def _calls(module: nn.Module) -> tuple[list[dict], Any]:
@@ -224,15 +247,25 @@ def _(DecoderLayer: Any) -> None:
     expect(len(calls) == 1, f"cross_attn was called {len(calls)} times, expected once")
     args = calls[0]
     query = args.get("query")
-    expect(isinstance(query, Tensor) and query.dim() == 3, "cross_attn got no query tensor of shape (batch, len, d_model)")
-    expect(query.shape[1] == TGT_LEN, f"the queries of cross-attention have length {query.shape[1]}: they do not "
-           f"come from the decoder (target length {TGT_LEN}, source length {SRC_LEN})")  # fmt: skip
+    expect(
+        isinstance(query, Tensor) and query.dim() == 3, "cross_attn got no query tensor of shape (batch, len, d_model)"
+    )
+    expect(
+        query.shape[1] == TGT_LEN,
+        f"the queries of cross-attention have length {query.shape[1]}: they do not "
+        f"come from the decoder (target length {TGT_LEN}, source length {SRC_LEN})",
+    )
     for name in ("key", "value"):
         t = args.get(name)
-        expect(isinstance(t, Tensor) and t.shape == b.memory.shape and not differs(t, b.memory, 1e-6),
-               f"the {name}s of cross-attention are not the encoder's memory")  # fmt: skip
-    expect(differs(query, b.x), "the queries of cross-attention are the layer's raw input x: they should come from the "
-           "output of the first sub-layer")  # fmt: skip
+        expect(
+            isinstance(t, Tensor) and t.shape == b.memory.shape and not differs(t, b.memory, 1e-6),
+            f"the {name}s of cross-attention are not the encoder's memory",
+        )
+    expect(
+        differs(query, b.x),
+        "the queries of cross-attention are the layer's raw input x: they should come from the "
+        "output of the first sub-layer",
+    )
     if error is not None:
         raise error
 
@@ -309,8 +342,12 @@ class CountingModel(nn.Module):
     def next_tokens(self, memory: Tensor, tgt: Tensor) -> Tensor:
         """``(batch, t)`` prefixes -> ``(batch, t)``: the token that follows each position."""
         first, last = memory[:, 0, 0].long()[:, None], memory[:, 0, 1].long()[:, None]  # (batch, 1) each
-        table = torch.tensor([self.symbols[(self.symbols.index(i) + 1) % len(self.symbols)] if i in self.symbols else -1
-                              for i in range(self.vocab)])  # fmt: skip
+        table = torch.tensor(
+            [
+                self.symbols[(self.symbols.index(i) + 1) % len(self.symbols)] if i in self.symbols else -1
+                for i in range(self.vocab)
+            ]
+        )
         succ = table[tgt.clamp(0, self.vocab - 1)]  # (batch, t)
         out = torch.where(tgt == last, torch.full_like(tgt, self.eos_id), succ)
         return torch.where((tgt == self.bos_id) | (succ < 0), first.expand_as(tgt), out)
@@ -324,7 +361,9 @@ class CountingModel(nn.Module):
         self.decoded.append(tgt.detach().clone())
         return F.one_hot(self.next_tokens(memory, tgt), self.vocab).float() * 10.0
 
-    def forward(self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, src: Tensor, tgt: Tensor, src_mask: Tensor | None = None, tgt_mask: Tensor | None = None
+    ) -> Tensor:
         """Log-probabilities ``(batch, t, vocab)`` of the next tokens (teacher forcing)."""
         return self.generator(self.decode(self.encode(src, src_mask), src_mask, tgt, tgt_mask))
 
@@ -337,7 +376,9 @@ class CountingModel(nn.Module):
                 row.append(token)
                 if token == self.eos_id:
                     break
-                token = self.eos_id if token == last else self.symbols[(self.symbols.index(token) + 1) % len(self.symbols)]
+                token = (
+                    self.eos_id if token == last else self.symbols[(self.symbols.index(token) + 1) % len(self.symbols)]
+                )
             rows.append(row)
         return rows
 
@@ -365,12 +406,22 @@ def _counting_source(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Te
     return src, (src != pad_id)[:, None, None, :]
 
 
-def _run_greedy(greedy_decode: Any, model: nn.Module, src: Tensor, src_mask: Tensor, max_len: int,
-                bos_id: int = 1, eos_id: int = 2, pad_id: int = 0) -> Tensor:  # fmt: skip
+def _run_greedy(
+    greedy_decode: Any,
+    model: nn.Module,
+    src: Tensor,
+    src_mask: Tensor,
+    max_len: int,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    pad_id: int = 0,
+) -> Tensor:
     out = greedy_decode(model, src, src_mask, max_len, bos_id, eos_id, pad_id)
     expect_type(out, Tensor, "the output")
-    expect(out.dim() == 2 and out.size(0) == src.size(0),
-           f"the output should have shape (batch={src.size(0)}, length), got {tuple(out.shape)}")  # fmt: skip
+    expect(
+        out.dim() == 2 and out.size(0) == src.size(0),
+        f"the output should have shape (batch={src.size(0)}, length), got {tuple(out.shape)}",
+    )
     expect(not out.dtype.is_floating_point, f"the output should hold integer token ids, got dtype {out.dtype}")
     return out
 
@@ -378,20 +429,24 @@ def _run_greedy(greedy_decode: Any, model: nn.Module, src: Tensor, src_mask: Ten
 def _compare_tokens(out: Tensor, expected: Tensor, eos_id: int, pad_id: int, max_len: int) -> None:
     """Token-by-token comparison whose message says where (and roughly how) the rows differ."""
     if out.size(1) > expected.size(1):
-        extra = out[:, expected.size(1):]
+        extra = out[:, expected.size(1) :]
         if out.size(1) > max_len + 1:
             raise Mismatch(f"the output has {out.size(1)} columns: more than <bos> + max_len={max_len} tokens")
         if bool((extra == pad_id).all()):
-            raise Mismatch(f"the output has {out.size(1)} columns, but every sentence had ended with <eos> after "
-                           f"{expected.size(1)}: decoding should stop once all sentences have finished")  # fmt: skip
+            raise Mismatch(
+                f"the output has {out.size(1)} columns, but every sentence had ended with <eos> after "
+                f"{expected.size(1)}: decoding should stop once all sentences have finished"
+            )
     width = min(out.size(1), expected.size(1))
     for b in range(out.size(0)):
         for t in range(width):
             if int(out[b, t]) != int(expected[b, t]):
                 before = expected[b, :t]
                 if bool((before == eos_id).any()):
-                    raise Mismatch(f"sentence {b} has token {int(out[b, t])} at position {t}, after its <eos>: "
-                                   f"a finished sentence should only get <pad> (id {pad_id})")  # fmt: skip
+                    raise Mismatch(
+                        f"sentence {b} has token {int(out[b, t])} at position {t}, after its <eos>: "
+                        f"a finished sentence should only get <pad> (id {pad_id})"
+                    )
                 raise Mismatch(f"sentence {b} differs from the expected tokens at position {t} (of {expected.size(1)})")
     if out.size(1) < expected.size(1):
         raise Mismatch(f"the output has {out.size(1)} columns, expected {expected.size(1)}: decoding stopped too early")
@@ -404,7 +459,9 @@ def _(greedy_decode: Any) -> None:
     model = CountingModel()
     src, src_mask = _counting_source([[4, 6], [9, 5, 3], [7]])
     out = _run_greedy(greedy_decode, model, src, src_mask, max_len=6)
-    expect(bool((out[:, 0] == model.bos_id).all()), f"the first column of the output should be <bos> (id {model.bos_id})")
+    expect(
+        bool((out[:, 0] == model.bos_id).all()), f"the first column of the output should be <bos> (id {model.bos_id})"
+    )
     expect(out.size(1) <= 7, f"the output has {out.size(1)} columns: more than <bos> + max_len=6 tokens")
 
 
@@ -476,16 +533,23 @@ def _(greedy_decode: Any) -> None:
     for call in encoder_calls:
         expect(call.get("src_mask") is not None, "the encoder was run without the source mask: it attends to <pad>")
     for call in decoder_calls:
-        expect(call.get("memory_mask") is not None, "the decoder was run without the source mask: cross-attention "
-               "attends to the source's <pad>")  # fmt: skip
+        expect(
+            call.get("memory_mask") is not None,
+            "the decoder was run without the source mask: cross-attention attends to the source's <pad>",
+        )
         length = call["x"].size(1) if isinstance(call.get("x"), Tensor) else 0
         if length > 1:
             mask = call.get("tgt_mask")
-            expect(mask is not None, f"the decoder was run on {length} target positions without a target mask: "
-                   "earlier positions see later ones")  # fmt: skip
+            expect(
+                mask is not None,
+                f"the decoder was run on {length} target positions without a target mask: "
+                "earlier positions see later ones",
+            )
             future = torch.ones(length, length, dtype=torch.bool).triu(1)
             leak = bool((mask.expand(*mask.shape[:-2], length, length) & future).any())
-            expect(not leak, f"the target mask given to the decoder ({length} positions) lets a position see later ones")
+            expect(
+                not leak, f"the target mask given to the decoder ({length} positions) lets a position see later ones"
+            )
 
 
 @greedy.test("matches the library's greedy_decode on a small Transformer", points=2)
@@ -497,7 +561,14 @@ def _(greedy_decode: Any) -> None:
     _compare_tokens(out, expected, 2, 0, GREEDY_MAX_LEN)
 
 
-def greedy_decode_reference(model: Transformer, src: Tensor, src_mask: Tensor | None, max_len: int,
-                            bos_id: int = 1, eos_id: int = 2, pad_id: int = 0) -> Tensor:  # fmt: skip
+def greedy_decode_reference(
+    model: Transformer,
+    src: Tensor,
+    src_mask: Tensor | None,
+    max_len: int,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    pad_id: int = 0,
+) -> Tensor:
     """The library's greedy decoding (the oracle), with the model's mode restored."""
     return greedy_decode(model, src, src_mask, max_len, bos_id, eos_id, pad_id)

@@ -42,8 +42,10 @@ LR_RTOL = 1e-6
 
 def _lr(noam_lr: Any, step: int, d_model: int, warmup: int, factor: float = 1.0) -> float:
     value = noam_lr(step, d_model, warmup, factor)
-    expect(isinstance(value, Real) and not isinstance(value, bool),
-           f"noam_lr should return a Python float, got {type(value).__name__}")  # fmt: skip
+    expect(
+        isinstance(value, Real) and not isinstance(value, bool),
+        f"noam_lr should return a Python float, got {type(value).__name__}",
+    )
     value = float(value)
     expect(math.isfinite(value), f"noam_lr({step}, d_model={d_model}, warmup={warmup}) is {value}, not a finite number")
     return value
@@ -66,28 +68,36 @@ def _(noam_lr: Any) -> None:
     d_model, warmup = 64, 400
     steps = [1, 50, 100, 200, 399, 400]
     per_step = [_lr(noam_lr, s, d_model, warmup) / s for s in steps]
-    expect(max(per_step) - min(per_step) <= 1e-6 * max(per_step),
-           f"during the warmup (steps 1-{warmup}) lr is not proportional to the step: lr(step)/step goes from "
-           f"{min(per_step):.3g} to {max(per_step):.3g}")  # fmt: skip
+    expect(
+        max(per_step) - min(per_step) <= 1e-6 * max(per_step),
+        f"during the warmup (steps 1-{warmup}) lr is not proportional to the step: lr(step)/step goes from "
+        f"{min(per_step):.3g} to {max(per_step):.3g}",
+    )
 
 
 @noam.test("peaks at step = warmup, then decays as 1/sqrt(step)")
 def _(noam_lr: Any) -> None:
     d_model, warmup = 64, 400
     at = {s: _lr(noam_lr, s, d_model, warmup) for s in (warmup - 1, warmup, warmup + 1, 1000, 4000, 1600, 6400)}
-    expect(at[warmup] >= at[warmup - 1] and at[warmup] >= at[warmup + 1],
-           f"the schedule does not peak at step = warmup = {warmup}")  # fmt: skip
+    expect(
+        at[warmup] >= at[warmup - 1] and at[warmup] >= at[warmup + 1],
+        f"the schedule does not peak at step = warmup = {warmup}",
+    )
     for s in (1000, 1600):
         ratio = at[4 * s] / at[s]
-        expect(abs(ratio - 0.5) < 1e-6, f"after the warmup, lr(4·step)/lr(step) should be 1/2 (a 1/sqrt(step) decay); "
-               f"at step {s} it is {ratio:.4g}")  # fmt: skip
+        expect(
+            abs(ratio - 0.5) < 1e-6,
+            f"after the warmup, lr(4·step)/lr(step) should be 1/2 (a 1/sqrt(step) decay); "
+            f"at step {s} it is {ratio:.4g}",
+        )
 
 
 @noam.test("values match the paper's formula", points=2)
 def _(noam_lr: Any) -> None:
     for d_model, warmup, factor in ((512, 4000, 1.0), (256, 1000, 2.0), (32, 50, 0.5)):
         warm_steps, decay_steps = [1, warmup // 3, warmup], [2 * warmup, 10 * warmup]
-        def ratio(s: int) -> float:
+
+        def ratio(s: int, d_model: int = d_model, warmup: int = warmup, factor: float = factor) -> float:
             return _lr(noam_lr, s, d_model, warmup, factor) / noam_lr_reference(s, d_model, warmup, factor)
 
         warm, decay = [ratio(s) for s in warm_steps], [ratio(s) for s in decay_steps]
@@ -138,7 +148,10 @@ def _targets(lengths: list[int], length: int, seed: int, pad_id: int = 0, vocab:
 
 
 def label_smoothing_reference(log_probs: Tensor, target: Tensor, eps: float, pad_id: int) -> Tensor:
-    """The oracle: PyTorch's own label-smoothed cross-entropy (log_softmax is idempotent: log-probs are valid logits)."""
+    """The oracle: PyTorch's own label-smoothed cross-entropy.
+
+    log_softmax is idempotent, so log-probabilities are valid logits.
+    """
     vocab = log_probs.size(-1)
     return F.cross_entropy(log_probs.reshape(-1, vocab), target.reshape(-1), ignore_index=pad_id, label_smoothing=eps)
 
@@ -160,7 +173,9 @@ def _smoothing_hint(loss: Tensor, log_probs: Tensor, target: Tensor, eps: float)
         "the loss does not depend on the smoothing": nll,
         "the reference token's share and the others' share differ from the task's definition (ε/V on every id, "
         "the reference included)": -((1 - eps) * lp.gather(1, t[:, None])[:, 0] + eps * others).mean(),
-        "the loss is summed over the positions instead of averaged": label_smoothing_reference(log_probs, target, eps, -100)
+        "the loss is summed over the positions instead of averaged": label_smoothing_reference(
+            log_probs, target, eps, -100
+        )
         * t.numel(),
     }
     for message, value in candidates.items():
@@ -179,8 +194,14 @@ def _(label_smoothed_loss: Any) -> None:
     log_probs, target = _log_probs(3, 4, seed=53), _targets([4, 4, 4], 4, seed=54)
     loss = _loss(label_smoothed_loss, log_probs, target, 0.0, 0)
     expected = F.nll_loss(log_probs.reshape(-1, VOCAB), target.reshape(-1))
-    expect_close(loss, expected, "the loss with smoothing = 0", atol=LOSS_ATOL, rtol=0,
-                 hint=_smoothing_hint(loss, log_probs, target, 0.0))  # fmt: skip
+    expect_close(
+        loss,
+        expected,
+        "the loss with smoothing = 0",
+        atol=LOSS_ATOL,
+        rtol=0,
+        hint=_smoothing_hint(loss, log_probs, target, 0.0),
+    )
 
 
 @smoothing.test("matches F.cross_entropy(label_smoothing=ε) without padding", points=2)
@@ -188,8 +209,14 @@ def _(label_smoothed_loss: Any) -> None:
     log_probs, target = _log_probs(3, 5, seed=55), _targets([5, 5, 5], 5, seed=56)
     for eps in (0.1, 0.4):
         loss = _loss(label_smoothed_loss, log_probs, target, eps, 0)
-        expect_close(loss, label_smoothing_reference(log_probs, target, eps, 0), f"the loss with ε = {eps}",
-                     atol=LOSS_ATOL, rtol=0, hint=_smoothing_hint(loss, log_probs, target, eps))  # fmt: skip
+        expect_close(
+            loss,
+            label_smoothing_reference(log_probs, target, eps, 0),
+            f"the loss with ε = {eps}",
+            atol=LOSS_ATOL,
+            rtol=0,
+            hint=_smoothing_hint(loss, log_probs, target, eps),
+        )
 
 
 @smoothing.test("<pad> positions are ignored", points=2)
@@ -201,8 +228,10 @@ def _(label_smoothed_loss: Any) -> None:
     pads = target == 0
     other[pads] = _log_probs(1, int(pads.sum()), seed=59)[0]  # other predictions at the <pad> positions only
     loss_other = _loss(label_smoothed_loss, other, target, eps, 0)
-    expect(abs(float(loss) - float(loss_other)) < LOSS_ATOL,
-           "the loss changed when only the predictions at <pad> positions changed")  # fmt: skip
+    expect(
+        abs(float(loss) - float(loss_other)) < LOSS_ATOL,
+        "the loss changed when only the predictions at <pad> positions changed",
+    )
     expected = label_smoothing_reference(log_probs, target, eps, 0)
     hint = ""
     if abs(float(loss) * pads.numel() / (~pads).sum() - float(expected)) < LOSS_ATOL:
@@ -245,8 +274,9 @@ def step_model(seed: int, dropout: float = 0.0) -> Transformer:
         return make_model(STEP_SRC_VOCAB, STEP_TGT_VOCAB, N=1, d_model=16, d_ff=32, h=2, dropout=dropout, max_len=32)
 
 
-def step_batch(seed: int, src_lengths: Sequence[int] = (5, 3, 4), tgt_lengths: Sequence[int] = (4, 6, 2),
-               pad_id: int = PAD) -> tuple[Tensor, Tensor]:  # fmt: skip
+def step_batch(
+    seed: int, src_lengths: Sequence[int] = (5, 3, 4), tgt_lengths: Sequence[int] = (4, 6, 2), pad_id: int = PAD
+) -> tuple[Tensor, Tensor]:
     """``src`` ``(batch, src_len)`` and ``tgt`` = ``<bos> y_1 ... y_n <eos> <pad> ...`` ``(batch, tgt_len)``."""
     g = generator(seed)
 
@@ -263,8 +293,15 @@ def step_batch(seed: int, src_lengths: Sequence[int] = (5, 3, 4), tgt_lengths: S
     return src, tgt
 
 
-def train_step_reference(model: Transformer, optimizer: torch.optim.Optimizer, src: Tensor, tgt: Tensor, pad_id: int,
-                         smoothing: float, clip_norm: float) -> float:  # fmt: skip
+def train_step_reference(
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    src: Tensor,
+    tgt: Tensor,
+    pad_id: int,
+    smoothing: float,
+    clip_norm: float,
+) -> float:
     """The oracle: one training step written with the library."""
     model.train()
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: predict token t + 1 from tokens <= t
@@ -277,7 +314,9 @@ def train_step_reference(model: Transformer, optimizer: torch.optim.Optimizer, s
     return loss.item()
 
 
-def _twins(seed: int, optimizer: str = "sgd", dropout: float = 0.0) -> tuple[tuple[nn.Module, Any], tuple[nn.Module, Any]]:
+def _twins(
+    seed: int, optimizer: str = "sgd", dropout: float = 0.0
+) -> tuple[tuple[nn.Module, Any], tuple[nn.Module, Any]]:
     """Two identical (model, optimizer) pairs: one for the learner, one for the reference."""
     model = step_model(seed, dropout)
     twin = copy.deepcopy(model)
@@ -292,14 +331,26 @@ def _twins(seed: int, optimizer: str = "sgd", dropout: float = 0.0) -> tuple[tup
     return (model, make(model)), (twin, make(twin))
 
 
-def _run_step(train_step: Any, model: nn.Module, optimizer: Any, src: Tensor, tgt: Tensor, pad_id: int = PAD,
-              smoothing: float = 0.1, clip_norm: float = CLIP) -> float:  # fmt: skip
+def _run_step(
+    train_step: Any,
+    model: nn.Module,
+    optimizer: Any,
+    src: Tensor,
+    tgt: Tensor,
+    pad_id: int = PAD,
+    smoothing: float = 0.1,
+    clip_norm: float = CLIP,
+) -> float:
     value = train_step(model, optimizer, src, tgt, pad_id, smoothing, clip_norm)
     if isinstance(value, Tensor):
-        raise Mismatch(f"train_step returned a Tensor{' that still holds the graph' if value.requires_grad else ''}; "
-                       "return the loss as a Python float")  # fmt: skip
-    expect(isinstance(value, Real) and not isinstance(value, bool),
-           f"train_step should return a float, got {type(value).__name__}")  # fmt: skip
+        raise Mismatch(
+            f"train_step returned a Tensor{' that still holds the graph' if value.requires_grad else ''}; "
+            "return the loss as a Python float"
+        )
+    expect(
+        isinstance(value, Real) and not isinstance(value, bool),
+        f"train_step should return a float, got {type(value).__name__}",
+    )
     return float(value)
 
 
@@ -309,8 +360,10 @@ def _compare_parameters(ours: nn.Module, ref: nn.Module, what: str) -> None:
         diff = float((p.detach() - q.detach()).abs().max())
         if diff > worst:
             worst, where = diff, name
-    expect(worst <= STEP_ATOL, f"{what}: the parameters differ from the reference step's — max |difference| {worst:.3g} "
-           f"(in `{where}`)")  # fmt: skip
+    expect(
+        worst <= STEP_ATOL,
+        f"{what}: the parameters differ from the reference step's — max |difference| {worst:.3g} (in `{where}`)",
+    )
 
 
 def _input_hints(calls_enc: list[dict], calls_embed: list[dict], tgt: Tensor) -> None:
@@ -318,9 +371,11 @@ def _input_hints(calls_enc: list[dict], calls_embed: list[dict], tgt: Tensor) ->
     expect(bool(calls_enc) and bool(calls_embed), "the model's encoder and decoder were not both run")
     expect(calls_enc[0].get("src_mask") is not None, "the model was run without the source padding mask")
     fed = calls_embed[0].get("tokens")
-    expect(isinstance(fed, Tensor) and fed.shape == tgt[:, :-1].shape and torch.equal(fed, tgt[:, :-1]),
-           "the decoder's input is not the target without its last token (teacher forcing: the input is "
-           "shifted against the expected output)")  # fmt: skip
+    expect(
+        isinstance(fed, Tensor) and fed.shape == tgt[:, :-1].shape and torch.equal(fed, tgt[:, :-1]),
+        "the decoder's input is not the target without its last token (teacher forcing: the input is "
+        "shifted against the expected output)",
+    )
 
 
 @train_step.test("returns the loss as a Python float")
@@ -354,8 +409,10 @@ def _(train_step: Any) -> None:
     before = [p.detach().clone() for p in model.parameters()]
     _run_step(train_step, model, opt, src, tgt)
     train_step_reference(twin, twin_opt, src, tgt, PAD, 0.1, CLIP)
-    expect(any(bool((p.detach() != b).any()) for p, b in zip(model.parameters(), before)),
-           "the parameters did not change: no optimizer step?")  # fmt: skip
+    expect(
+        any(bool((p.detach() != b).any()) for p, b in zip(model.parameters(), before)),
+        "the parameters did not change: no optimizer step?",
+    )
     _compare_parameters(model, twin, "after one step")
 
 
@@ -366,6 +423,8 @@ def _(train_step: Any) -> None:
     for i, (src, tgt) in enumerate(batches, start=1):  # no clipping here (clip_norm 1e3): old gradients show in full
         loss = _run_step(train_step, model, opt, src, tgt, clip_norm=1e3)
         expected = train_step_reference(twin, twin_opt, src, tgt, PAD, 0.1, 1e3)
-        expect(abs(loss - expected) <= STEP_ATOL,
-               f"the loss of step {i} differs from the reference by {abs(loss - expected):.3g}")  # fmt: skip
+        expect(
+            abs(loss - expected) <= STEP_ATOL,
+            f"the loss of step {i} differs from the reference by {abs(loss - expected):.3g}",
+        )
         _compare_parameters(model, twin, f"after step {i}")

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformer_lib.decode import gnmt_length_penalty
 
 from .ch06 import generator
-from .core import Exercise, Mismatch, expect, expect_close, expect_shape, expect_type, register
+from .core import Exercise, Mismatch, expect, expect_close, expect_shape, register
 
 # --------------------------------------------------------------------------- 09.length_penalty
 
@@ -72,12 +72,12 @@ def _score_hint(out: Tensor, tokens: Tensor, log_probs: Tensor, eos_id: int, alp
     length = (~after).sum(1).to(log_probs.dtype)
     total = log_probs.masked_fill(after, 0.0).sum(1)
     variants = {
-        "tokens after the first <eos> are counted": log_probs.sum(1) / gnmt_length_penalty(float(tokens.size(1)), alpha),
+        "tokens after the first <eos> are counted": log_probs.sum(1)
+        / gnmt_length_penalty(float(tokens.size(1)), alpha),
         "the <eos> token itself is left out": log_probs.masked_fill(upto, 0.0).sum(1)
         / gnmt_length_penalty((~upto).sum(1).clamp(min=1).to(log_probs.dtype), alpha),
-        "the length does not count the <eos> token": total / gnmt_length_penalty(
-            (length - (tokens == eos_id).any(1).to(length.dtype)).clamp(min=0), alpha
-        ),
+        "the length does not count the <eos> token": total
+        / gnmt_length_penalty((length - (tokens == eos_id).any(1).to(length.dtype)).clamp(min=0), alpha),
         "the sum is divided by the length itself, not by lp(length)": total / length,
         "the sum is multiplied by lp(length) instead of divided": total * gnmt_length_penalty(length, alpha),
         "alpha is not used as the exponent of lp": total / ((5 + length) / 6),
@@ -99,8 +99,14 @@ def _(normalised_scores: Any) -> None:
     tokens, log_probs = _hypotheses(seed=82)
     out = _scores(normalised_scores, tokens, log_probs, 2, 0.0)
     expected = normalised_scores_reference(tokens, log_probs, 2, 0.0)
-    expect_close(out, expected, "the scores with alpha = 0", atol=SCORE_ATOL, rtol=0,
-                 hint=_score_hint(out, tokens, log_probs, 2, 0.0))  # fmt: skip
+    expect_close(
+        out,
+        expected,
+        "the scores with alpha = 0",
+        atol=SCORE_ATOL,
+        rtol=0,
+        hint=_score_hint(out, tokens, log_probs, 2, 0.0),
+    )
 
 
 @length_penalty.test("alpha = 0.6 and 1: divided by lp = ((5 + length) / 6) ** alpha", points=2)
@@ -109,8 +115,14 @@ def _(normalised_scores: Any) -> None:
     for alpha in (0.6, 1.0):
         out = _scores(normalised_scores, tokens, log_probs, 2, alpha)
         expected = normalised_scores_reference(tokens, log_probs, 2, alpha)
-        expect_close(out, expected, f"the scores with alpha = {alpha}", atol=SCORE_ATOL, rtol=0,
-                     hint=_score_hint(out, tokens, log_probs, 2, alpha))  # fmt: skip
+        expect_close(
+            out,
+            expected,
+            f"the scores with alpha = {alpha}",
+            atol=SCORE_ATOL,
+            rtol=0,
+            hint=_score_hint(out, tokens, log_probs, 2, alpha),
+        )
 
 
 @length_penalty.test("a larger alpha favours the longer of two equally likely hypotheses")
@@ -118,15 +130,21 @@ def _(normalised_scores: Any) -> None:
     tokens = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 2]])  # lengths 2 and 4
     log_probs = torch.tensor([[-1.0, -1.0, -9.0, -9.0], [-0.5, -0.5, -0.5, -0.5]])  # both total -2
     low, high = (_scores(normalised_scores, tokens, log_probs, 2, a) for a in (0.0, 1.0))
-    expect(abs(float(low[0] - low[1])) < SCORE_ATOL, "with alpha = 0, two hypotheses of equal log-probability should "
-           "get equal scores")  # fmt: skip
-    expect(float(high[1]) > float(high[0]), "with alpha = 1, the longer hypothesis should score higher than the shorter "
-           "one of equal log-probability")  # fmt: skip
+    expect(
+        abs(float(low[0] - low[1])) < SCORE_ATOL,
+        "with alpha = 0, two hypotheses of equal log-probability should get equal scores",
+    )
+    expect(
+        float(high[1]) > float(high[0]),
+        "with alpha = 1, the longer hypothesis should score higher than the shorter one of equal log-probability",
+    )
 
 
 # --------------------------------------------------------------------------- 09.kv_cache
 
-kv_cache = register(Exercise("09.kv_cache", "Attention with a key/value cache", target="attend_with_cache", timeout_s=20))
+kv_cache = register(
+    Exercise("09.kv_cache", "Attention with a key/value cache", target="attend_with_cache", timeout_s=20)
+)
 
 CACHE_ATOL = 1e-5  # float32 attention over a few positions: only the summation order differs
 
@@ -170,8 +188,14 @@ def _(attend_with_cache: Any) -> None:
     Q, K, V = _sequence(2, 3, 1, 4, seed=91)
     cache: dict = {}
     out = _step(attend_with_cache, Q, K, V, cache)
-    expect_close(out, V, "the output of the first step", atol=CACHE_ATOL, rtol=0,
-                 hint="with one key, all attention goes to it: the output is its value")  # fmt: skip
+    expect_close(
+        out,
+        V,
+        "the output of the first step",
+        atol=CACHE_ATOL,
+        rtol=0,
+        hint="with one key, all attention goes to it: the output is its value",
+    )
 
 
 @kv_cache.test("the cache grows by one position per step, oldest first")
@@ -181,12 +205,15 @@ def _(attend_with_cache: Any) -> None:
     for t in range(4):
         _step(attend_with_cache, Q[:, :, t : t + 1], K[:, :, t : t + 1], V[:, :, t : t + 1], cache)
         for name, full in (("k", K), ("v", V)):
-            expect(name in cache,
-                   f'after step {t + 1} the cache has no entry "{name}": store the keys and values in the dict')  # fmt: skip
+            expect(
+                name in cache,
+                f'after step {t + 1} the cache has no entry "{name}": store the keys and values in the dict',
+            )
             expect_shape(cache[name], (2, 3, t + 1, 4), f'cache["{name}"] after step {t + 1}')
-            expect(torch.equal(cache[name], full[:, :, : t + 1]),
-                   f'after step {t + 1}, cache["{name}"] does not hold the positions 0..{t} in order '
-                   "(oldest first)")  # fmt: skip
+            expect(
+                torch.equal(cache[name], full[:, :, : t + 1]),
+                f'after step {t + 1}, cache["{name}"] does not hold the positions 0..{t} in order (oldest first)',
+            )
 
 
 @kv_cache.test("outputs match causal attention over the whole sequence", points=2)
@@ -196,8 +223,14 @@ def _(attend_with_cache: Any) -> None:
     cache: dict = {}
     for t in range(6):
         out = _step(attend_with_cache, Q[:, :, t : t + 1], K[:, :, t : t + 1], V[:, :, t : t + 1], cache)
-        expect_close(out, expected[:, :, t : t + 1], f"the output of step {t + 1}", atol=CACHE_ATOL, rtol=0,
-                     hint=_cache_hint(out, Q, K, V, t))  # fmt: skip
+        expect_close(
+            out,
+            expected[:, :, t : t + 1],
+            f"the output of step {t + 1}",
+            atol=CACHE_ATOL,
+            rtol=0,
+            hint=_cache_hint(out, Q, K, V, t),
+        )
 
 
 # --------------------------------------------------------------------------- 09.beam_search
@@ -216,8 +249,14 @@ class ToyScorer:
     ``(n, t)`` returns ``(n, vocab)`` float32 log-probabilities. It records every prefix it was asked about.
     """
 
-    def __init__(self, table: dict[tuple[int, ...], dict[int, float]], default: dict[int, float],
-                 vocab: int = TOY_VOCAB, bos_id: int = BOS, eos_id: int = EOS) -> None:  # fmt: skip
+    def __init__(
+        self,
+        table: dict[tuple[int, ...], dict[int, float]],
+        default: dict[int, float],
+        vocab: int = TOY_VOCAB,
+        bos_id: int = BOS,
+        eos_id: int = EOS,
+    ) -> None:
         self.vocab, self.bos_id, self.eos_id = vocab, bos_id, eos_id
         self.table = {k: self._log_probs(v) for k, v in table.items()}
         self.default = self._log_probs(default)
@@ -249,8 +288,9 @@ def _lp(length: int, alpha: float) -> float:
     return float(gnmt_length_penalty(length, alpha))
 
 
-def brute_force(scorer: Callable[[Tensor], Tensor], bos_id: int, eos_id: int, max_len: int, alpha: float,
-                vocab: int) -> tuple[list[int], float]:  # fmt: skip
+def brute_force(
+    scorer: Callable[[Tensor], Tensor], bos_id: int, eos_id: int, max_len: int, alpha: float, vocab: int
+) -> tuple[list[int], float]:
     """The oracle: the best of ALL hypotheses (finished with <eos> within max_len tokens, or max_len tokens
     without one) by ``log P / lp(length)``. ``scorer`` is called level by level on every live prefix."""
     best: tuple[list[int], float] = ([], -math.inf)
@@ -303,41 +343,62 @@ def case_cut_off() -> ToyScorer:
     return ToyScorer({(BOS,): {EOS: 0.3, A: 0.7}}, default={EOS: 0.01, A: 0.6, B: 0.39})
 
 
-def _search(beam_search: Any, scorer: Callable[[Tensor], Tensor], max_len: int, beam_size: int, alpha: float,
-            bos_id: int = BOS, eos_id: int = EOS) -> tuple[list[int], float]:  # fmt: skip
+def _search(
+    beam_search: Any,
+    scorer: Callable[[Tensor], Tensor],
+    max_len: int,
+    beam_size: int,
+    alpha: float,
+    bos_id: int = BOS,
+    eos_id: int = EOS,
+) -> tuple[list[int], float]:
     result = beam_search(scorer, bos_id, eos_id, max_len, beam_size, alpha)
     expect(isinstance(result, tuple) and len(result) == 2, "beam_search should return a pair (tokens, score)")
     tokens, score = result
     if isinstance(tokens, Tensor):
         tokens = tokens.tolist()
-    expect(isinstance(tokens, list) and all(isinstance(t, int) for t in tokens),
-           "the tokens should be a list of ints (or a 1-d tensor)")  # fmt: skip
+    expect(
+        isinstance(tokens, list) and all(isinstance(t, int) for t in tokens),
+        "the tokens should be a list of ints (or a 1-d tensor)",
+    )
     if isinstance(score, Tensor):
         expect(score.numel() == 1, f"the score should be one number, got a tensor of shape {tuple(score.shape)}")
         score = float(score)
     expect(isinstance(score, (int, float)), f"the score should be a float, got {type(score).__name__}")
-    expect(len(tokens) >= 2 and tokens[0] == bos_id, f"the hypothesis should start with <bos> (id {bos_id}) and have "
-           "at least one generated token")  # fmt: skip
-    expect(len(tokens) <= max_len + 1,
-           f"the hypothesis has {len(tokens) - 1} generated tokens, more than max_len={max_len}")  # fmt: skip
+    expect(
+        len(tokens) >= 2 and tokens[0] == bos_id,
+        f"the hypothesis should start with <bos> (id {bos_id}) and have at least one generated token",
+    )
+    expect(
+        len(tokens) <= max_len + 1,
+        f"the hypothesis has {len(tokens) - 1} generated tokens, more than max_len={max_len}",
+    )
     expect(eos_id not in tokens[1:-1], "the hypothesis goes on after its <eos>")
-    expect(tokens[-1] == eos_id or len(tokens) == max_len + 1,
-           f"the hypothesis has no <eos> but only {len(tokens) - 1} of max_len={max_len} tokens: it is neither "
-           "finished nor cut off at max_len")  # fmt: skip
+    expect(
+        tokens[-1] == eos_id or len(tokens) == max_len + 1,
+        f"the hypothesis has no <eos> but only {len(tokens) - 1} of max_len={max_len} tokens: it is neither "
+        "finished nor cut off at max_len",
+    )
     return tokens, float(score)
 
 
-def _expect_best(beam_search: Any, make: Callable[[], ToyScorer], max_len: int, beam_size: int, alpha: float,
-                 what: str) -> ToyScorer:  # fmt: skip
+def _expect_best(
+    beam_search: Any, make: Callable[[], ToyScorer], max_len: int, beam_size: int, alpha: float, what: str
+) -> ToyScorer:
     scorer = make()
     expected, expected_score = brute_force(make(), BOS, EOS, max_len, alpha, TOY_VOCAB)
     tokens, score = _search(beam_search, scorer, max_len, beam_size, alpha)
     if tokens != expected:
         own = _normalised(make(), tokens, alpha)
-        raise Mismatch(f"{what}: the returned hypothesis ({len(tokens) - 1} tokens, score {own:.4f}) is not the best "
-                       f"one (which scores {expected_score:.4f})")  # fmt: skip
-    expect(abs(score - expected_score) < SCORE_ATOL, f"{what}: the returned score differs from log P / lp(length) of the "
-           f"returned hypothesis by {abs(score - expected_score):.3g}")  # fmt: skip
+        raise Mismatch(
+            f"{what}: the returned hypothesis ({len(tokens) - 1} tokens, score {own:.4f}) is not the best "
+            f"one (which scores {expected_score:.4f})"
+        )
+    expect(
+        abs(score - expected_score) < SCORE_ATOL,
+        f"{what}: the returned score differs from log P / lp(length) of the "
+        f"returned hypothesis by {abs(score - expected_score):.3g}",
+    )
     return scorer
 
 
@@ -369,9 +430,13 @@ def _(beam_search: Any) -> None:
         _search(beam_search, scorer, 4, 2, alpha)
         expect(bool(scorer.seen), "next_log_probs was never called")
         for prefix in scorer.seen:
-            expect(prefix[0] == BOS,
-                   f"next_log_probs was asked about a prefix that does not start with <bos>: {list(prefix)}")  # fmt: skip
-            expect(EOS not in prefix, "next_log_probs was asked to continue a hypothesis that had already ended with <eos>")
+            expect(
+                prefix[0] == BOS,
+                f"next_log_probs was asked about a prefix that does not start with <bos>: {list(prefix)}",
+            )
+            expect(
+                EOS not in prefix, "next_log_probs was asked to continue a hypothesis that had already ended with <eos>"
+            )
 
 
 @beam.test("never more than beam_size live prefixes")
@@ -384,12 +449,21 @@ def _(beam_search: Any) -> None:
     for prefix in scorer.seen:
         per_length[len(prefix)] = per_length.get(len(prefix), 0) + 1
     wide = {n - 1: c for n, c in per_length.items() if c > 3}
-    expect(not wide, f"after {min(wide, default=0)} generated tokens the beam held {max(wide.values(), default=0)} "
-           "prefixes, more than beam_size=3")  # fmt: skip
+    expect(
+        not wide,
+        f"after {min(wide, default=0)} generated tokens the beam held {max(wide.values(), default=0)} "
+        "prefixes, more than beam_size=3",
+    )
 
 
 @beam.test("stops after max_len tokens; an unfinished hypothesis can win")
 def _(beam_search: Any) -> None:
     _expect_best(beam_search, case_no_end, max_len=3, beam_size=2, alpha=0.6, what="<eos> never likely, max_len 3")
-    _expect_best(beam_search, case_cut_off, max_len=3, beam_size=2, alpha=1.0,
-                 what="an early <eos> against a better unfinished hypothesis")  # fmt: skip
+    _expect_best(
+        beam_search,
+        case_cut_off,
+        max_len=3,
+        beam_size=2,
+        alpha=1.0,
+        what="an early <eos> against a better unfinished hypothesis",
+    )

@@ -58,8 +58,13 @@ __all__ = [
 
 # Statuses of one test's outcome.
 PASSED, FAILED, ERROR, TIMEOUT, NOT_IMPLEMENTED, NOT_RUN = (
-    "passed", "failed", "error", "timeout", "not implemented", "not run",
-)  # fmt: skip
+    "passed",
+    "failed",
+    "error",
+    "timeout",
+    "not implemented",
+    "not run",
+)
 STATUSES = (PASSED, FAILED, ERROR, TIMEOUT, NOT_IMPLEMENTED, NOT_RUN)
 ICONS = {PASSED: "✅", FAILED: "❌", ERROR: "💥", TIMEOUT: "⏱", NOT_IMPLEMENTED: "✏️", NOT_RUN: "⏸"}
 
@@ -101,7 +106,9 @@ class Exercise:
         """The chapter number, from the id ``"NN.slug"``."""
         return int(self.id[:2])
 
-    def test(self, name: str, points: int = 1, hidden: bool = False) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    def test(
+        self, name: str, points: int = 1, hidden: bool = False
+    ) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
         """Decorator that adds the decorated function as a test; returns the function unchanged.
 
         A second test with the same name (and the same visibility) is an error: a typo, or a hidden-test
@@ -313,7 +320,9 @@ def _learner_frame(tb: Any) -> str:
 
 def _describe_exception(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
-        return f"your code called sys.exit({'' if exc.code is None else repr(exc.code)}); a function should return instead"
+        return (
+            f"your code called sys.exit({'' if exc.code is None else repr(exc.code)}); a function should return instead"
+        )
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (KeyboardInterrupt)"
     return _short(f"raised {type(exc).__name__}: {exc}") + _learner_frame(exc.__traceback__)
@@ -499,7 +508,10 @@ def format_result(result: CheckResult) -> str:
     """The learner-facing report of one :class:`CheckResult` (what ``check`` prints)."""
     lines = [f"{result.exercise_id} — {result.title}"]
     if result.not_implemented:
-        lines.append(f"  {ICONS[NOT_IMPLEMENTED]} not implemented yet — replace the `raise NotImplementedError(...)` line with your code")
+        lines.append(
+            f"  {ICONS[NOT_IMPLEMENTED]} not implemented yet — "
+            "replace the `raise NotImplementedError(...)` line with your code"
+        )
     else:
         for o in result.outcomes:
             label = f"{o.name} (hidden)" if o.hidden else o.name
@@ -609,9 +621,7 @@ def _index(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), shape)) if shape else ()
 
 
-def expect_close(
-    actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-5, hint: str = ""
-) -> None:
+def expect_close(actual: Any, expected: Any, what: str, atol: float = 1e-5, rtol: float = 1e-5, hint: str = "") -> None:
     """``actual`` must be a tensor of ``expected``'s shape with values within ``atol + rtol * |expected|``.
 
     The message reports the largest |difference| and where it is (or where a NaN/inf appears), not the values.

@@ -89,7 +89,7 @@ def learner_notebook(master: dict, name: str = "master") -> dict:
                     exercise_id = match.group(1)
                     break
             if exercise_id is None:
-                raise GenerateError(f"{where} has solution markers but no check(\"NN.slug\", ...) cell follows it")
+                raise GenerateError(f'{where} has solution markers but no check("NN.slug", ...) cell follows it')
             cell["source"] = _strip_solution(source, exercise_id, where)
         else:
             cell["source"] = source
@@ -122,8 +122,9 @@ def _expected(master_path: Path) -> str:
     return render(nb)
 
 
-def generate(masters: str | os.PathLike = "exercises/master", out: str | os.PathLike = "exercises",
-             check: bool = False) -> list[Path]:  # fmt: skip
+def generate(
+    masters: str | os.PathLike = "exercises/master", out: str | os.PathLike = "exercises", check: bool = False
+) -> list[Path]:
     """Write (or, with ``check``, compare) the learner notebook of every master; returns the stale/written paths.
 
     With ``check`` nothing is written and the returned list holds the learner notebooks that are missing,
