@@ -31,7 +31,7 @@ from .train import (
     PreparedData,
     TrainConfig,
     Trainer,
-    TrainingDiverged,
+    clip_and_step,
     label_smoothed_loss,
     prepare_data,
     rng_state,
@@ -63,6 +63,7 @@ def accumulated_step(
     config: TrainConfig,
     autocast: contextlib.AbstractContextManager,
     world_size: int = 1,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One update from several batches: chapter 8's ``train_step`` with gradient accumulation across processes.
 
@@ -81,18 +82,12 @@ def accumulated_step(
             with autocast:
                 log_probs = model(src, tgt_in, padding_mask(src, PAD_ID), target_mask(tgt_in, PAD_ID))  # (B, T, V)
                 batch_loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)
-            (batch_loss * (weight * world_size)).backward()  # x world_size undoes DDP's average over processes
+            scaled = batch_loss * (weight * world_size)  # x world_size undoes DDP's average over processes
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
         loss = loss + batch_loss.detach() * weight
     if world_size > 1:
         dist.all_reduce(loss)  # the mean loss over the whole step, identical on every process
-    # The rest is the deliberate twin of train.train_step's last lines: check, clip, step.
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss became {loss.item()}")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-    if not torch.isfinite(grad_norm):
-        raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} (loss {loss.item():.4g})")
-    optimizer.step()
-    return loss.item(), float(grad_norm)
+    return loss.item(), clip_and_step(model, optimizer, loss, config, scaler)
 
 
 class DistributedTrainer(Trainer):
@@ -173,6 +168,7 @@ class DistributedTrainer(Trainer):
             self.config,
             self.autocast,
             self.world_size,
+            self.scaler,
         )
 
     def state(self) -> dict:

@@ -43,8 +43,12 @@ __all__ = [
     "PreparedData",
     "prepare_data",
     "TrainingDiverged",
+    "cpu_has_bf16",
+    "autocast_dtype",
     "mixed_precision",
+    "grad_scaler",
     "train_step",
+    "clip_and_step",
     "evaluate_loss",
     "Trainer",
     "train",
@@ -108,7 +112,7 @@ class TrainConfig:
     keep_checkpoints: int = 5  # the last k are kept for checkpoint averaging
     seed: int = 0
     compile: bool = False  # torch.compile the model (chapter 10)
-    bf16: bool = True  # bfloat16 autocast where the device supports it (see mixed_precision)
+    bf16: bool = True  # reduced-precision autocast where it pays (see autocast_dtype); False: float32
 
     def __post_init__(self) -> None:
         _check_train_config(self)  # one clear error per bad field: see below the class
@@ -331,11 +335,34 @@ def _tokenizers(
 # --------------------------------------------------------------------------- one step
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX-512 BF16 or AMX); without it bf16 is emulated, and slow."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own (private) CPUID checks
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast_dtype(device: torch.device, bf16: bool) -> torch.dtype | None:
+    """The reduced precision a training step uses on ``device``, or ``None`` for plain float32.
+
+    bfloat16 on a GPU or CPU that has it; on a GPU without it (Colab's free T4) float16, which needs
+    a loss scaler (``grad_scaler``); on a CPU without bf16 instructions float32, which is faster there.
+    """
+    if not bf16:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
 def mixed_precision(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """The autocast context of a training step: bfloat16 matrix products on a GPU that has them, else none."""
-    if bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The autocast context of a training step: ``autocast_dtype``'s precision for the matrix products."""
+    dtype = autocast_dtype(device, bf16)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def grad_scaler(device: torch.device, bf16: bool) -> torch.amp.GradScaler | None:
+    """float16's loss scaler (small gradients would underflow to zero without it); ``None`` otherwise."""
+    return torch.amp.GradScaler(device.type) if autocast_dtype(device, bf16) == torch.float16 else None
 
 
 def train_step(
@@ -344,6 +371,7 @@ def train_step(
     batch: tuple[Tensor, Tensor, Tensor],
     config: TrainConfig,
     autocast: contextlib.AbstractContextManager | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
     """One update on one batch: teacher-forced forward, label-smoothed loss, backward, clip, Adam step.
 
@@ -357,14 +385,35 @@ def train_step(
     with autocast or contextlib.nullcontext():
         log_probs = model(src, tgt_in, padding_mask(src, PAD_ID), target_mask(tgt_in, PAD_ID))  # (batch, T, vocab)
         loss = label_smoothed_loss(log_probs, tgt_out, config.label_smoothing)  # computed in float32
-    loss.backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    return loss.item(), clip_and_step(model, optimizer, loss, config, scaler)
+
+
+def clip_and_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: Tensor,
+    config: TrainConfig,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """The end of every update, after ``backward``: check, clip the gradient norm, step. Returns the norm.
+
+    With a float16 ``scaler`` an overflowed gradient is not an error: the scaler skips that step
+    and lowers its scale (``GradScaler.step``).
+    """
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss became {loss.item()}")
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # the true gradients, for the norm and the clip
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)  # the norm before clipping
-    if not torch.isfinite(grad_norm):  # stepping would put NaN/inf into the weights
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    elif not torch.isfinite(grad_norm):  # stepping would put NaN/inf into the weights
         raise TrainingDiverged(f"the gradient norm became {float(grad_norm)} (loss {loss.item():.4g})")
-    optimizer.step()
-    return loss.item(), float(grad_norm)
+    else:
+        optimizer.step()
+    return float(grad_norm)
 
 
 @torch.no_grad()
@@ -467,6 +516,9 @@ class Trainer:
             self.restore(checkpoint)
         self.forward = self.wrap(self.model)
         self.autocast = mixed_precision(self.device, c.bf16)
+        self.scaler = grad_scaler(self.device, c.bf16)  # float16 only (a GPU without bf16)
+        if self.scaler is not None and checkpoint is not None and "scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["scaler"])
         self.lengths = [(len(s), len(t)) for s, t in self.data.train]
         self.grad_norms: list[float] = []  # before clipping, per step of the current log window
         self.window_tokens, self.window_start = 0, time.perf_counter()
@@ -580,7 +632,7 @@ class Trainer:
 
     def update(self, batches: list[list[int]]) -> tuple[float, float]:
         """Extension point: one optimizer step on this step's batches (here: ``train_step`` on one batch)."""
-        return train_step(self.forward, self.optimizer, self.batch(batches[0]), self.config, self.autocast)
+        return train_step(self.forward, self.optimizer, self.batch(batches[0]), self.config, self.autocast, self.scaler)
 
     def record(self, loss: float, grad_norm: float, lr: float, batches: list[list[int]]) -> None:
         """Keep the loss; every ``log_every`` steps write the window's mean loss, speed and gradient norms."""
@@ -640,6 +692,7 @@ class Trainer:
             "elapsed_s": self.elapsed,
             "batches_per_step": self.batches_per_step,
             "rng": rng_state(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
             "tokenizers": {"src": data.src_tok.model_bytes, "tgt": data.tgt_tok.model_bytes},
         }
 
