@@ -16,7 +16,7 @@ PYTEST_FLAGS := -p no:cacheprovider --nbval-lax -n 2 --dist loadscope
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch==2.13.0" -e ".[book,test,train]"
+	$(BIN)/python -m pip install -q "torch==2.13.0" -e ".[book,test,train,web]"
 	touch $(STAMP)
 
 install: $(STAMP)

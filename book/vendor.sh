@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Refresh the JavaScript and fonts the book serves itself, so that it needs no CDN and works offline:
 #   RequireJS and @jupyter-widgets/html-manager (saved ipywidgets state in the rendered book),
-#   MathJax 3 (tex-chtml and its woff fonts).
+#   MathJax 3 (tex-chtml and its woff fonts); for the "Try the translator" page, onnxruntime-web (its
+#   WebAssembly build) and SentencePiece compiled to WebAssembly (@sctg/sentencepiece-js, bundled for
+#   the browser with esbuild: the package itself imports Node's fs and buffer).
 # Usage: book/vendor.sh   (needs npm and network; rewrites book/_static/vendor/ and its README.md).
 # After a refresh: make book, then the browser test (make test) checks every page.
 set -euo pipefail
@@ -9,6 +11,10 @@ set -euo pipefail
 HTML_MANAGER=1.0.15   # @jupyter-widgets/html-manager for ipywidgets 8.1 (controls 5.0, base 6.0)
 REQUIREJS=2.3.8
 MATHJAX=3.2.2         # the last MathJax 3; Sphinx's mathjax extension speaks version 3
+ORT_WEB=1.31.1        # onnxruntime-web: runs the exported translator (transformer_lib.export)
+SENTENCEPIECE_JS=1.3.3  # @sctg/sentencepiece-js: the tokenizer, the real SentencePiece in WebAssembly
+ESBUILD=0.28.2        # bundles sentencepiece-js for the browser (build tool only; not served)
+BUFFER=6.0.3          # the browser's stand-in for Node's Buffer, which sentencepiece-js uses
 
 cd "$(dirname "$0")"
 dest=_static/vendor
@@ -16,13 +22,31 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 (cd "$tmp" && npm pack --silent "@jupyter-widgets/html-manager@$HTML_MANAGER" "requirejs@$REQUIREJS" \
-    "mathjax@$MATHJAX" >/dev/null)
-for name in "jupyter-widgets-html-manager-$HTML_MANAGER" "requirejs-$REQUIREJS" "mathjax-$MATHJAX"; do
+    "mathjax@$MATHJAX" "onnxruntime-web@$ORT_WEB" >/dev/null)
+for name in "jupyter-widgets-html-manager-$HTML_MANAGER" "requirejs-$REQUIREJS" "mathjax-$MATHJAX" \
+    "onnxruntime-web-$ORT_WEB"; do
     mkdir -p "$tmp/$name" && tar xzf "$tmp/$name.tgz" -C "$tmp/$name"
 done
 
+# sentencepiece-js as one browser ES module: Node's fs is never reached in a browser (models are
+# loaded from bytes), so it is replaced by an empty module; Node's Buffer by the npm "buffer" package.
+mkdir -p "$tmp/spm"
+(cd "$tmp/spm" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund \
+    "@sctg/sentencepiece-js@$SENTENCEPIECE_JS" "esbuild@$ESBUILD" "buffer@$BUFFER" >/dev/null \
+    && echo 'export {};' > empty.js \
+    && echo 'export { SentencePieceProcessor } from "@sctg/sentencepiece-js";' > entry.js \
+    && npx esbuild entry.js --bundle --format=esm --platform=browser --minify --legal-comments=none \
+        --alias:fs=./empty.js --external:module --log-level=warning --outfile=sentencepiece.mjs)
+
 rm -rf "$dest"
-mkdir -p "$dest/requirejs" "$dest/html-manager" "$dest/mathjax/output/chtml/fonts"
+mkdir -p "$dest/requirejs" "$dest/html-manager" "$dest/mathjax/output/chtml/fonts" "$dest/onnxruntime-web" \
+    "$dest/sentencepiece"
+for f in ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm; do
+    cp "$tmp/onnxruntime-web-$ORT_WEB/package/dist/$f" "$dest/onnxruntime-web/"
+done
+cp "$tmp/spm/sentencepiece.mjs" "$dest/sentencepiece/"
+cp "$tmp/spm/node_modules/@sctg/sentencepiece-js/LICENSE" "$dest/sentencepiece/LICENSE"
+cp "$tmp/spm/node_modules/buffer/LICENSE" "$dest/sentencepiece/LICENSE.buffer"
 cp "$tmp/requirejs-$REQUIREJS/package/require.js" "$dest/requirejs/"
 cp "$tmp/jupyter-widgets-html-manager-$HTML_MANAGER/package/dist/embed-amd.js" "$dest/html-manager/"
 # Font Awesome 5, bundled into the widgets' CSS by content hash: browsers load the woff2 format only.
@@ -32,6 +56,28 @@ cp "$tmp/jupyter-widgets-html-manager-$HTML_MANAGER/package/dist/embed.js.LICENS
 cp "$tmp/mathjax-$MATHJAX/package/LICENSE" "$dest/mathjax/"
 cp "$tmp/mathjax-$MATHJAX/package/es5/tex-chtml.js" "$dest/mathjax/"
 cp -r "$tmp/mathjax-$MATHJAX/package/es5/output/chtml/fonts/woff-v2" "$dest/mathjax/output/chtml/fonts/"
+
+# onnxruntime-web ships no licence file; its package.json states MIT (Copyright (c) Microsoft Corporation).
+cat > "$dest/onnxruntime-web/LICENSE" <<'EOF'
+onnxruntime-web — MIT License (as stated in its package.json; https://github.com/microsoft/onnxruntime)
+
+Copyright (c) Microsoft Corporation
+
+Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
+associated documentation files (the "Software"), to deal in the Software without restriction,
+including without limitation the rights to use, copy, modify, merge, publish, distribute,
+sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all copies or
+substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
+NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
+NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
+OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
+CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+EOF
 
 # Neither npm package ships its licence file; both state the licence in their package metadata.
 cat > "$dest/requirejs/LICENSE" <<'EOF'
@@ -100,6 +146,8 @@ EOF
     echo "| \`@jupyter-widgets/html-manager\` | $HTML_MANAGER | BSD-3-Clause (Font Awesome fonts: SIL OFL 1.1) | renders saved ipywidgets state (\`dist/embed-amd.js\`, its \`*.woff2\` fonts) |"
     echo "| \`requirejs\` | $REQUIREJS | MIT | the module loader html-manager needs (\`require.js\`) |"
     echo "| \`mathjax\` | $MATHJAX | Apache-2.0 | typesets the math (\`es5/tex-chtml.js\` and its woff fonts) |"
+    echo "| \`onnxruntime-web\` | $ORT_WEB | MIT | runs the translator in the page (\`dist/ort.wasm.min.mjs\`, its WebAssembly) |"
+    echo "| \`@sctg/sentencepiece-js\` | $SENTENCEPIECE_JS | Apache-2.0 (\`buffer\` $BUFFER: MIT) | the tokenizer, bundled by esbuild $ESBUILD into \`sentencepiece.mjs\` |"
     echo
     echo "| file | bytes | sha256 |"
     echo "|---|---|---|"

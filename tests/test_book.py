@@ -12,7 +12,8 @@ error, no failed request and no request to another host; math is typeset by the 
 every page with saved widget state shows its rendered widgets (html-manager from the vendored copy;
 here the explorers page, after `make book` chapters 3-5 too); every
 notebook page's Colab button opens that notebook in the repository of _config.yml; the search page
-finds results offline. A screenshot of each page's first screen (1280x800) is saved under
+finds results offline; the translator page translates test sentences in the browser (the released
+model as ONNX, onnxruntime-web) exactly as the Python command line does. A screenshot of each page's first screen (1280x800) is saved under
 ``_build/screenshots/``. Without the browser: every internal link and anchor resolves, the HTML
 loads no script, style sheet, image or font from a CDN, and the vendored files match their SHA-256.
 
@@ -308,6 +309,10 @@ WIDGETS_JS = """() => {
 }"""
 
 
+TRANSLATOR_READY_JS = "() => { const b = document.getElementById('translate-button'); return !b || !b.disabled; }"
+TRANSLATOR_TIMEOUT_MS = 120_000
+
+
 def _visit(browser: Any, url: str, screenshot: Path | None, widget_views: int = 0, search: bool = False) -> Visit:
     visit = Visit(widget_views=widget_views)
     start = time.perf_counter()
@@ -335,6 +340,7 @@ def _visit(browser: Any, url: str, screenshot: Path | None, widget_views: int = 
     page.on("response", lambda r: visit.errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
     try:
         page.goto(url, wait_until="load")
+        page.wait_for_function(TRANSLATOR_READY_JS, timeout=TRANSLATOR_TIMEOUT_MS)  # its model's requests too
         if widget_views:
             page.wait_for_selector("img.widget-image", state="visible")
             page.wait_for_function(
@@ -452,3 +458,69 @@ def test_screenshots_of_every_page(visits: dict[str, Visit]) -> None:
         shot = SCREENSHOTS / screenshot_name(page)
         assert shot.is_file() and shot.stat().st_size > 10_000, f"no screenshot of {page} at {shot}"
     print("seconds per page in the browser:", {p: round(v.seconds, 1) for p, v in visits.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# The translator page: the released model, exported to ONNX, translating in the browser
+# ---------------------------------------------------------------------------------------------
+
+TRANSLATOR_PAGE = "book/translator"
+TRANSLATOR_SENTENCES = 10  # the first sentences of test_2016_flickr
+TRANSLATE_JS = """async (text) => {
+  const input = document.getElementById('translate-input');
+  const before = window.courseTranslator.count;
+  input.value = text;
+  document.getElementById('translate-button').click();
+  const status = document.getElementById('translate-status');
+  while (window.courseTranslator.count === before) {
+    await new Promise(r => setTimeout(r, 20));
+  }
+  const map = document.getElementById('attention-map');
+  return {output: document.getElementById('translate-output').textContent, status: status.textContent,
+          ids: await window.courseTranslator.encode(text),
+          rows: Number(map.dataset.rows), columns: Number(map.dataset.columns),
+          layers: document.getElementById('layer-select').options.length,
+          heads: document.getElementById('head-select').options.length};
+}"""
+
+
+@pytest.fixture(scope="module")
+def translator_page(server: str) -> dict[str, Any]:
+    """The translator page driven like a reader: type each sentence, click Translate, read the answer."""
+    from playwright.sync_api import sync_playwright
+
+    from transformer_lib.data import load_pairs, use_shared_mirror
+
+    use_shared_mirror()
+    sentences = [de for de, _ in load_pairs("multi30k", "test_2016_flickr", "de", "en")[:TRANSLATOR_SENTENCES]]
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_executable(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(urljoin(server, f"{TRANSLATOR_PAGE}.html"), wait_until="load")
+            page.wait_for_function(TRANSLATOR_READY_JS, timeout=TRANSLATOR_TIMEOUT_MS)
+            results = [page.evaluate(TRANSLATE_JS, s) for s in sentences]
+            load_ms = page.evaluate("window.courseTranslator.loadMs")
+        finally:
+            browser.close()
+    return {"sentences": sentences, "results": results, "errors": errors, "load_ms": load_ms}
+
+
+def test_translator_page_translates_like_the_command_line(translator_page: dict[str, Any]) -> None:
+    from transformer_lib.checkpoint import load_translator
+    from transformer_lib.evaluate import translate
+
+    model, src_tok, tgt_tok = load_translator(ROOT / "release" / "multi30k_de_en.pt")
+    sentences, results = translator_page["sentences"], translator_page["results"]
+    assert not translator_page["errors"], translator_page["errors"][:5]
+    expected = translate(model, src_tok, tgt_tok, sentences, batch_size=1)  # the CLI's greedy search, one by one
+    for sentence, result, english in zip(sentences, results, expected):
+        assert result["ids"] == src_tok.encode(sentence), f"the page's tokenizer differs from Python's on {sentence!r}"
+        assert result["output"] == english, f"{sentence!r}: the page says {result['output']!r}, Python {english!r}"
+        assert result["columns"] == len(result["ids"]) and result["rows"] >= 1, "the attention map has the wrong shape"
+        assert "computed in this browser" in result["status"]
+    assert results[0]["layers"] == model.config.N and results[0]["heads"] == model.config.h + 1  # + "mean"
+    print(f"translator page: model loaded in {translator_page['load_ms']:.0f} ms;", [r["status"] for r in results])

@@ -46,6 +46,7 @@ MODULE_CHAPTER = {
     "cli": 9,
     "bench": 10,
     "flash": 10,
+    "export": 10,
     "distributed": 11,
     "ablations": 11,
     "chinese": 12,

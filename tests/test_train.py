@@ -172,6 +172,20 @@ def test_log_records(run):
     assert all(r["val_loss"] > 0 for r in evals)
 
 
+def test_the_log_says_what_the_run_computed_on(run):
+    out, _ = run
+    (setup,) = [r for r in read_log(out) if r.get("event") == "setup"]
+    expected = {torch.bfloat16: "bf16", None: "fp32"}[train_module.autocast_dtype(torch.device("cpu"), OVERFIT.bf16)]
+    assert setup == {
+        "step": 0,
+        "event": "setup",
+        "device": "cpu",
+        "precision": expected,
+        "cpu_threads": setup["cpu_threads"],
+    }
+    assert setup["cpu_threads"] == torch.get_num_threads()
+
+
 def test_checkpoint_rotation_keeps_the_last_ones(run):
     out, _ = run
     saved = list(range(OVERFIT.save_every, OVERFIT.max_steps + 1, OVERFIT.save_every))

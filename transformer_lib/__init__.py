@@ -123,6 +123,7 @@ _LAZY = {
         "write_json_atomic",
     ],
     "flash": ["tiled_attention"],  # chapter 10
+    "export": ["DecoderStepGraph", "EncoderGraph", "export_onnx", "greedy_translate_onnx", "onnx_sessions"],  # ch. 10
     "distributed": ["DistributedTrainer", "accumulated_step", "distributed_env", "train_parallel"],  # chapter 11
     "ablations": ["ABLATIONS", "SMOOTH", "SPIKE_NATS", "noam_lr_no_warmup", "stability"],  # chapter 11
     "chinese": [  # chapter 12

@@ -592,6 +592,10 @@ class Trainer:
         self.log = _Log(self.out / "log.jsonl", append=self.resumed, enabled=self.is_main)
         if self.resumed:
             self.log.write({"step": self.step, "event": "resumed"})
+        dtype = autocast_dtype(self.device, self.config.bf16)
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16+loss scaling", None: "fp32"}[dtype]
+        where = {"device": str(self.device), "precision": precision, "cpu_threads": torch.get_num_threads()}
+        self.log.write({"step": self.step, "event": "setup", **where})  # what this session computes on
         self.bar = None
         if self.progress and self.is_main:
             from tqdm.auto import tqdm

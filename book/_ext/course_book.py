@@ -4,7 +4,11 @@
    figure must be made by code and never go stale. So every build draws it again from
    ``transformer_lib.viz.architecture_figure()`` into ``book/_generated/architecture.png``
    (ignored by git) before Sphinx reads the pages; the file is replaced only when it changed.
-2. Sphinx 7.4 lists an inline script twice when an extension adds it after the builder started
+2. The "Try the translator" page runs the released de->en checkpoint in the reader's browser. Its
+   ONNX files are made from ``release/multi30k_de_en.pt`` by ``transformer_lib.export`` into
+   ``book/_generated/web/multi30k_de_en/`` (served as ``_static/multi30k_de_en/``), again only when
+   the checkpoint, the exporter or torch changed: a stamp file records what the files came from.
+3. Sphinx 7.4 lists an inline script twice when an extension adds it after the builder started
    (sphinx-thebe's ``const THEBE_JS_URL = ...``, sphinx-togglebutton's selector): once as
    ``filename=None`` and again, re-read from the registry, as ``filename=''``. The second ``const``
    is a SyntaxError in every page's console. Each page's script list is de-duplicated here.
@@ -48,8 +52,37 @@ def draw_figures(out_dir: Path = GENERATED) -> list[Path]:
     return [path]
 
 
+WEB_MODELS = {"multi30k_de_en": "release/multi30k_de_en.pt"}
+
+
+def export_web_models(out_dir: Path = GENERATED / "web") -> list[Path]:
+    """Export each released checkpoint of ``WEB_MODELS`` to ONNX for the translator page (cached)."""
+    import hashlib
+
+    import torch
+
+    from transformer_lib import export
+    from transformer_lib.utils import repo_root, sha256_file, write_atomic
+
+    done = []
+    for name, checkpoint in WEB_MODELS.items():
+        folder, source = out_dir / name, repo_root() / checkpoint
+        exporter = hashlib.sha256(Path(export.__file__).read_bytes()).hexdigest()
+        stamp = f"{sha256_file(source)} {exporter} torch {torch.__version__}\n"
+        stamp_file = folder / "source.txt"
+        if not (stamp_file.is_file() and stamp_file.read_text() == stamp and (folder / "manifest.json").is_file()):
+            export.export_onnx(source, folder)
+            write_atomic(stamp_file, stamp)
+        done.append(folder)
+    return done
+
+
 def _on_builder_inited(app: Any) -> None:
     draw_figures()
+
+
+def _on_config_inited(app: Any, config: Any) -> None:
+    export_web_models()  # before Sphinx checks that every html_static_path entry exists
 
 
 def _script_key(script: Any) -> tuple:
@@ -72,6 +105,7 @@ def dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, do
 
 
 def setup(app: Any) -> dict[str, Any]:
+    app.connect("config-inited", _on_config_inited, priority=400)  # Sphinx's own check runs at 800
     app.connect("builder-inited", _on_builder_inited)
     app.connect("html-page-context", dedupe_scripts, priority=900)  # after every extension added its scripts
     return {"parallel_read_safe": True, "parallel_write_safe": True}
