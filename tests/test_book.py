@@ -13,9 +13,10 @@ every page with saved widget state shows its rendered widgets (html-manager from
 here the explorers page, after `make book` chapters 3-5 too); every
 notebook page's Colab button opens that notebook in the repository of _config.yml; the search page
 finds results offline; the translator page translates test sentences in the browser (the released
-model as ONNX, onnxruntime-web) exactly as the Python command line does. A screenshot of each page's first screen (1280x800) is saved under
-``_build/screenshots/``. Without the browser: every internal link and anchor resolves, the HTML
-loads no script, style sheet, image or font from a CDN, and the vendored files match their SHA-256.
+model as ONNX, onnxruntime-web) exactly as the Python command line does. A screenshot of each
+page's first screen (1280x800) is saved under ``_build/screenshots/``. Without the browser: every
+internal link and anchor resolves, the HTML loads no script, style sheet, image or font from a CDN,
+and the vendored files match their SHA-256.
 
 To run the browser checks against the book that ``make book`` built (chapters executed, widgets
 in them rendered): ``BOOK_HTML=_build/html .venv/bin/python -m pytest -p no:cacheprovider tests/test_book.py``
