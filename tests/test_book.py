@@ -43,6 +43,7 @@ from typing import Any, Iterator
 from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -525,3 +526,45 @@ def test_translator_page_translates_like_the_command_line(translator_page: dict[
         assert "computed in this browser" in result["status"]
     assert results[0]["layers"] == model.config.N and results[0]["heads"] == model.config.h + 1  # + "mean"
     print(f"translator page: model loaded in {translator_page['load_ms']:.0f} ms;", [r["status"] for r in results])
+
+
+LIVE_EXPLORERS_JS = """async () => {
+  const canvas = document.getElementById('live-pe-canvas'), masks = document.getElementById('live-mask-canvas');
+  const before = {...canvas.dataset}, masksBefore = {...masks.dataset};
+  const length = document.getElementById('live-pe-length');
+  length.value = '100'; length.dispatchEvent(new Event('input'));
+  const causal = document.getElementById('live-mask-causal');
+  causal.checked = true; causal.dispatchEvent(new Event('change'));
+  return {before, after: {...canvas.dataset}, masksBefore, masksAfter: {...masks.dataset},
+          pe: Array.from(window.courseExplorers.positionalEncoding(50, 15)),
+          mask: window.courseExplorers.batchMask([5, 3, 4], true)};
+}"""
+
+
+def test_live_explorers_redraw_with_the_librarys_numbers(server: str) -> None:
+    """The explorers page's JavaScript explorers: they redraw, and compute what transformer_lib computes."""
+    from playwright.sync_api import sync_playwright
+
+    from transformer_lib.embeddings import sinusoidal_positional_encoding
+    from transformer_lib.masks import causal_mask, padding_mask
+
+    errors: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_executable(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(urljoin(server, f"{EXPLORERS_PAGE}.html"), wait_until="load")
+            page.wait_for_selector("#live-pe-canvas[data-checksum]")
+            seen = page.evaluate(LIVE_EXPLORERS_JS)
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert seen["before"]["length"] == "64" and seen["after"]["length"] == "100", "the encoding did not redraw"
+    assert seen["before"]["checksum"] != seen["after"]["checksum"]
+    assert int(seen["masksAfter"]["allowed"]) < int(seen["masksBefore"]["allowed"]), "the causal mask hid nothing"
+    expected = sinusoidal_positional_encoding(50, 15).flatten().tolist()
+    assert max(abs(a - b) for a, b in zip(seen["pe"], expected)) < 1e-5 and len(seen["pe"]) == len(expected)
+    tokens = torch.tensor([[7, 7, 7, 7, 7], [7, 7, 7, 0, 0], [7, 7, 7, 7, 0]])  # lengths 5, 3, 4; 0 = <pad>
+    library = padding_mask(tokens, 0) & causal_mask(5)  # (batch, 1, q, k), as chapter 4 combines them
+    assert seen["mask"] == library[:, 0].tolist()

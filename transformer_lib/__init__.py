@@ -107,6 +107,13 @@ _LAZY = {
         "mask_explorer",
         "positional_encoding_explorer",
         "tiled_attention_figure",
+        "split_merge_heads_figure",  # chapters 5-6
+        "layer_norm_placement_figure",
+        "shifted_target_figure",  # chapters 7-9
+        "kv_cache_figure",
+        "beam_search_tree_figure",
+        "receptive_field_figure",  # chapter 1
+        "attention_shapes_figure",  # chapter 2
     ],
     "bench": [  # chapter 10
         "KNOWN_PEAK_TFLOPS",

@@ -33,6 +33,13 @@ __all__ = [
     "mask_explorer",
     "positional_encoding_explorer",
     "tiled_attention_figure",
+    "split_merge_heads_figure",
+    "layer_norm_placement_figure",
+    "shifted_target_figure",
+    "kv_cache_figure",
+    "beam_search_tree_figure",
+    "receptive_field_figure",
+    "attention_shapes_figure",
 ]
 
 # The chapters the architecture map knows: 1-9 build the model and the translator, 10 makes it
@@ -900,4 +907,410 @@ def tiled_attention_figure(
     right.set_title("the highlighted query's running state", fontsize=10)
     right.legend(fontsize=8)
     fig.suptitle("Online softmax: attention one tile of keys at a time", fontweight="bold", fontsize=12)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of chapters 5 and 6: splitting heads, placing the LayerNorm
+# ---------------------------------------------------------------------------------------------
+
+
+def _draw_cells(ax: Any, cells: list[tuple[float, float, int, str]], title: str, rows: list[tuple[float, str]]) -> None:
+    """Unit squares at ``(x, y)`` coloured by head, each with a label; ``rows`` are the y tick labels."""
+    from matplotlib.patches import Rectangle
+
+    for x, y, head, text in cells:
+        ax.add_patch(Rectangle((x, y), 1, 1, facecolor=f"C{head % 10}", alpha=0.45, edgecolor="k", linewidth=0.8))
+        ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=8)
+    ax.set_xlim(-0.3, max(x for x, _, _, _ in cells) + 1.3)
+    ax.set_ylim(max(y for _, y, _, _ in cells) + 1.2, -0.2)
+    ax.set_yticks([y + 0.5 for y, _ in rows], [label for _, label in rows], fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(title, fontsize=9.5)
+    ax.set_aspect("equal")
+    ax.grid(False)
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+
+
+def split_merge_heads_figure(seq_len: int = 3, d_model: int = 8, num_heads: int = 2) -> "Figure":
+    """``split_heads`` and ``merge_heads`` as a picture: a reshape (``view``) and a ``transpose``, then back.
+
+    One sentence of the batch, ``seq_len`` tokens of ``d_model`` features; each cell shows its feature
+    index and is coloured by the head that owns it (``feature // d_k``). The ``view`` only groups the
+    features of every token into ``num_heads`` slices of ``d_k``; the ``transpose`` puts the head axis in
+    front of the sequence, so that each head holds all tokens; ``merge_heads`` undoes both steps.
+    """
+    from matplotlib.figure import Figure
+
+    sizes = {"seq_len": seq_len, "d_model": d_model, "num_heads": num_heads}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if d_model % num_heads:
+        raise ValueError(f"d_model={d_model} is not divisible by num_heads={num_heads}")
+    d_k, gap = d_model // num_heads, 0.5
+    tokens = [(t, f"token {t}") for t in range(seq_len)]
+    flat = [(f, t, f // d_k, str(f)) for t in range(seq_len) for f in range(d_model)]
+    grouped = [(f + (f // d_k) * gap, t, f // d_k, str(f)) for t in range(seq_len) for f in range(d_model)]
+    by_head = [
+        (f % d_k, (f // d_k) * (seq_len + gap) + t, f // d_k, str(f)) for t in range(seq_len) for f in range(d_model)
+    ]
+    head_rows = [(h * (seq_len + gap) + t, f"head {h}, token {t}") for h in range(num_heads) for t in range(seq_len)]
+    fig = Figure(figsize=(13, 1.4 + 0.36 * num_heads * (seq_len + gap)), layout="constrained")
+    axes = fig.subplots(1, 4, width_ratios=[d_model, d_model + (num_heads - 1) * gap, d_k, d_model])
+    panels = [
+        (flat, "x: (batch, seq, d_model)", tokens),
+        (grouped, ".view(batch, seq, h, d_k)", tokens),
+        (by_head, ".transpose(1, 2): (batch, h, seq, d_k)", head_rows),
+        (flat, "merge: .transpose(1, 2).reshape\n(batch, seq, d_model) again", tokens),
+    ]
+    for ax, (cells, title, rows) in zip(axes, panels):
+        _draw_cells(ax, cells, title, rows)
+    fig.suptitle(
+        f"split_heads and merge_heads: seq = {seq_len}, d_model = {d_model}, h = {num_heads}, d_k = {d_k} "
+        "(numbers: feature index; colour: head)",
+        fontweight="bold",
+        fontsize=11,
+    )
+    return fig
+
+
+# Each wiring from input (bottom) to output (top); "+" is the residual sum, fed by the input.
+_LAYER_NORM_WIRINGS = {
+    "post-LN": ("x", "Sublayer", "+", "LayerNorm", "output"),
+    "pre-LN": ("x", "LayerNorm", "Sublayer", "+", "output"),
+}
+_WIRING_FORMULA = {"post-LN": "LayerNorm(x + Sublayer(x))", "pre-LN": "x + Sublayer(LayerNorm(x))"}
+_NODE_FACE = {"x": _FACE["io"], "output": _FACE["io"], "Sublayer": _FACE["attn"], "LayerNorm": _FACE["norm"]}
+
+
+def _draw_wiring(ax: Any, name: str) -> None:
+    """One wiring of Add & Norm as a column of boxes, with the residual path drawn in red on the right."""
+    from matplotlib.patches import Circle, FancyBboxPatch
+
+    nodes = _LAYER_NORM_WIRINGS[name]
+    plus = nodes.index("+")
+    for i, label in enumerate(nodes):
+        y = 2.0 * i
+        if label == "+":
+            ax.add_patch(Circle((0, y), 0.45, facecolor="white", edgecolor=_EDGE, linewidth=1.4))
+        else:
+            box = FancyBboxPatch((-1.6, y - 0.5), 3.2, 1.0, boxstyle="round,pad=0.05", facecolor=_NODE_FACE[label])
+            ax.add_patch(box)
+        ax.text(0, y, label, ha="center", va="center", fontsize=11)
+        if i:  # main path: an arrow up from the previous node
+            top = y - (0.45 if label == "+" else 0.55)
+            ax.annotate("", (0, top), (0, 2.0 * (i - 1) + 0.55), arrowprops={"arrowstyle": "->"})
+    y_plus = 2.0 * plus
+    ax.plot([1.6, 2.4, 2.4], [0, 0, y_plus], color=HIGHLIGHT_EDGE, linewidth=2)
+    ax.annotate("", (0.45, y_plus), (2.4, y_plus), arrowprops={"arrowstyle": "->", "color": HIGHLIGHT_EDGE, "lw": 2})
+    ax.text(2.55, y_plus / 2, "residual", rotation=90, va="center", color=HIGHLIGHT_EDGE, fontsize=9)
+    ax.set(xlim=(-2.2, 3.2), ylim=(-1, 2.0 * len(nodes) - 1), aspect="equal")
+    ax.set_title(f"{name}\n{_WIRING_FORMULA[name]}", fontsize=11)
+    ax.axis("off")
+
+
+def layer_norm_placement_figure(placements: Sequence[str] = ("post-LN", "pre-LN")) -> "Figure":
+    """Add & Norm wired post-LN (the paper: add, then LayerNorm) and pre-LN (LayerNorm first), side by side.
+
+    Each panel is one sub-layer from its input ``x`` (bottom) to its output (top); the residual path is
+    red. In post-LN the residual sum goes through the LayerNorm; in pre-LN it reaches the output untouched.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(placements, str) or not placements:
+        raise ValueError(f"placements must be a non-empty sequence of names, got {placements!r}")
+    unknown = [p for p in placements if p not in _LAYER_NORM_WIRINGS]
+    if unknown:
+        raise ValueError(f"unknown placement(s) {unknown}: choose from {sorted(_LAYER_NORM_WIRINGS)}")
+    fig = Figure(figsize=(3.6 * len(placements), 5.2), layout="constrained")
+    for ax, name in zip(np.atleast_1d(fig.subplots(1, len(placements))), placements):
+        _draw_wiring(ax, name)
+    fig.suptitle("Where the LayerNorm sits in Add & Norm", fontweight="bold", fontsize=12)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of chapters 7 to 9: the shifted target, the growing key/value cache, a beam-search tree
+# ---------------------------------------------------------------------------------------------
+
+
+def _token_box(ax: Any, x: float, y: float, text: str, **style: Any) -> Any:
+    """One token drawn as a rounded box centred at ``(x, y)``; returns the text artist."""
+    box = {"boxstyle": "round,pad=0.35", "facecolor": style.pop("facecolor", "#e3eefa"), "edgecolor": "k"}
+    box.update(style.pop("box", {}))
+    return ax.text(x, y, text, ha="center", va="center", fontsize=style.pop("fontsize", 10), bbox=box, **style)
+
+
+def shifted_target_figure(target: Sequence[str], bos: str = "<bos>", eos: str = "<eos>") -> "Figure":
+    """Teacher forcing's two copies of one target sentence ``y_1 … y_n``, shifted by one position.
+
+    Top row: the decoder input ``bos y_1 … y_n``; bottom row: the labels ``y_1 … y_n eos``; one column
+    per position ``t = 0 … n``. A solid arrow says "position t must predict this label"; a dashed
+    arrow shows that the label of position t is the input of position t + 1.
+    """
+    from matplotlib.figure import Figure
+
+    if isinstance(target, str) or not isinstance(target, Sequence) or not target:
+        raise ValueError(f"target must be a non-empty list of token strings, got {target!r}")
+    if not all(isinstance(t, str) for t in (*target, bos, eos)):
+        raise ValueError(f"target, bos and eos must be strings, got {list(target)!r}, {bos!r}, {eos!r}")
+    inputs, labels = [bos, *target], [*target, eos]
+    fig = Figure(figsize=(1.45 * len(inputs) + 2.2, 3.0), layout="constrained")
+    ax = fig.subplots()
+    for t, (x_in, y_out) in enumerate(zip(inputs, labels)):
+        ax.text(t, 1.55, f"t = {t}", ha="center", va="center", fontsize=9, color=_GREY)
+        _token_box(ax, t, 1.0, x_in)
+        _token_box(ax, t, 0.0, y_out, facecolor="#fde7c8")
+        ax.annotate("", (t, 0.22), (t, 0.78), arrowprops={"arrowstyle": "-|>", "color": "k", "lw": 1.2})
+        if t + 1 < len(inputs):  # the label of t is fed as the input of t + 1
+            style = {"arrowstyle": "-|>", "color": HIGHLIGHT_EDGE, "lw": 1.0, "ls": "--"}
+            ax.annotate("", (t + 0.8, 0.8), (t + 0.2, 0.2), arrowprops=style)
+    ax.text(-0.7, 1.0, "decoder input", ha="right", va="center", fontsize=10, weight="bold")
+    ax.text(-0.7, 0.0, "label (to predict)", ha="right", va="center", fontsize=10, weight="bold")
+    ax.set(xlim=(-2.9, len(inputs) - 0.4), ylim=(-0.45, 1.8))
+    ax.axis("off")
+    ax.set_title("Teacher forcing: position t sees the inputs 0 … t and must predict the next token", fontsize=11)
+    ax.text(-0.7, -0.4, "dashed: the label of position t is the input of position t + 1", fontsize=9, color=_GREY)
+    return fig
+
+
+def _cached_tensors(tensors: Sequence[Any], name: str) -> list[np.ndarray]:
+    """Step s's cached tensor as a ``(s + 1, d_k)`` array, every step with the same ``d_k``."""
+    if isinstance(tensors, str) or not isinstance(tensors, Sequence) or not tensors:
+        raise ValueError(f"{name} must be a non-empty list with one cached tensor per decoding step")
+    arrays = [_as_array(t, f"{name}[{s}]") for s, t in enumerate(tensors)]
+    for s, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[0] != s + 1 or a.shape[1] != arrays[0].shape[1] or a.shape[1] == 0:
+            raise ValueError(
+                f"{name}[{s}] must have shape (positions={s + 1}, d_k) with the d_k of step 0, got {a.shape}"
+            )
+    return arrays
+
+
+def kv_cache_figure(keys: Sequence[Any], values: Sequence[Any], tokens: Sequence[str]) -> "Figure":
+    """The self-attention cache of one head after each decoding step: one more column per step.
+
+    ``keys[s]`` and ``values[s]`` are the cached keys and values ``(s + 1, d_k)`` after step ``s + 1``
+    (e.g. ``cache.self_keys[layer][sentence, head]``), ``tokens[s]`` the token fed at that step.
+    Each panel shows the tensor transposed, ``d_k`` rows by one column per position; the newest
+    column is outlined. One colour scale for all panels, so an unchanged column looks the same.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    k_arrays, v_arrays = _cached_tensors(keys, "keys"), _cached_tensors(values, "values")
+    steps = len(k_arrays)
+    if len(v_arrays) != steps or isinstance(tokens, str) or len(tokens) != steps:
+        raise ValueError(
+            f"need as many values and tokens as keys ({steps} steps), got {len(v_arrays)} values and tokens {tokens!r}"
+        )
+    if steps > 12:
+        raise ValueError(f"at most 12 steps fit in one figure, got {steps}")
+    fig = Figure(figsize=(2.5 + 0.5 * steps * (steps + 1) / 2, 5.4), layout="constrained")
+    axes = fig.subplots(2, steps, width_ratios=list(range(1, steps + 1)), squeeze=False)
+    for row, (arrays, name) in enumerate(((k_arrays, "keys"), (v_arrays, "values"))):
+        limit = max(float(np.abs(a).max()) for a in arrays) or 1.0
+        for s, (ax, a) in enumerate(zip(axes[row], arrays)):
+            image = ax.imshow(a.T, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+            ax.add_patch(Rectangle((s - 0.5, -0.5), 1, a.shape[1], fill=False, edgecolor="k", linewidth=2.5))
+            ax.set_xticks(range(s + 1), [str(t) for t in tokens[: s + 1]], rotation=90, fontsize=8)
+            ax.set_yticks([])
+            ax.grid(False)
+            ax.set_title(f"step {s + 1}" if row == 0 else "", fontsize=9)
+        axes[row][0].set_ylabel(f"cached {name}\n(d_k = {arrays[0].shape[1]} rows)")
+        fig.colorbar(image, ax=list(axes[row]), shrink=0.8, pad=0.01)
+    fig.suptitle("The key/value cache grows by one column per step; old columns never change", fontweight="bold")
+    return fig
+
+
+def _beam_levels(levels: Sequence[Sequence[tuple]]) -> list[list[tuple[int, str, float, bool]]]:
+    """Check the candidates of each step: ``(parent, token, score, kept)``, parents kept at the step before."""
+    if isinstance(levels, str) or not isinstance(levels, Sequence) or not levels:
+        raise ValueError("levels must be a non-empty list with one list of candidates per step")
+    checked: list[list[tuple[int, str, float, bool]]] = []
+    for step, level in enumerate(levels):
+        if isinstance(level, str) or not isinstance(level, Sequence) or not level:
+            raise ValueError(f"levels[{step}] must be a non-empty list of (parent, token, score, kept) tuples")
+        rows = []
+        for j, candidate in enumerate(level):
+            if not isinstance(candidate, Sequence) or len(candidate) != 4:
+                raise ValueError(f"levels[{step}][{j}] must be a (parent, token, score, kept) tuple, got {candidate!r}")
+            parent, token, score, kept = candidate
+            parents_kept = [True] if step == 0 else [c[3] for c in checked[-1]]
+            if not isinstance(parent, (int, np.integer)) or not 0 <= parent < len(parents_kept):
+                raise ValueError(f"levels[{step}][{j}]: parent {parent!r} is not a candidate of the step before")
+            if not parents_kept[parent]:
+                raise ValueError(f"levels[{step}][{j}]: parent {parent} was pruned, it cannot be extended")
+            rows.append((int(parent), str(token), float(score), bool(kept)))
+        checked.append(rows)
+    return checked
+
+
+def beam_search_tree_figure(levels: Sequence[Sequence[tuple]], root: str = "<bos>", eos: str = "<eos>") -> "Figure":
+    """A small beam-search tree: at every step the candidates, the ``k`` kept and the pruned ones.
+
+    ``levels[s]`` lists the candidates of step ``s + 1`` as ``(parent, token, score, kept)``:
+    ``parent`` indexes the candidates of the step before (``0``, the root, at the first step) and
+    must have been kept, ``score`` is the candidate's log-probability, ``kept`` whether it stays in
+    the beam (a kept ``eos`` is a finished hypothesis). Kept candidates are drawn in colour,
+    pruned ones grey and dashed.
+    """
+    from matplotlib.figure import Figure
+
+    checked = _beam_levels(levels)
+    tallest = max(len(level) for level in checked)
+    fig = Figure(figsize=(2.3 * (len(checked) + 1) + 0.5, 0.62 * tallest + 1.6), layout="constrained")
+    ax = fig.subplots()
+    ys = [[(tallest - 1) / 2]]  # the root sits in the middle
+    boxes = [[_token_box(ax, 0, ys[0][0], root)]]
+    for step, level in enumerate(checked, start=1):
+        order = sorted(range(len(level)), key=lambda j: (level[j][0], -level[j][2]))  # grouped by parent
+        offset = (tallest - len(level)) / 2
+        y_of = {j: offset + rank for rank, j in enumerate(order)}
+        ys.append([y_of[j] for j in range(len(level))])
+        boxes.append([])
+        for j, (parent, token, score, kept) in enumerate(level):
+            finished = kept and token == eos
+            face = "#d7f0d7" if finished else "#e3eefa" if kept else "white"
+            edge, ls = ("#2e7d32" if finished else "k", "-") if kept else ("#aaaaaa", "--")
+            style = {"facecolor": face, "fontsize": 9, "color": "k" if kept else "#888888"}
+            style["box"] = {"edgecolor": edge, "linestyle": ls}
+            box = _token_box(ax, step, ys[step][j], f"{token}  {score:.2f}", **style)
+            boxes[step].append(box)
+            line = {"arrowstyle": "-", "color": "k" if kept else "#aaaaaa", "lw": 1.3 if kept else 0.9, "ls": ls}
+            parent_box = boxes[step - 1][parent]
+            ax.annotate("", (0, 0.5), (1, 0.5), box, parent_box, arrowprops={**line, "shrinkA": 6, "shrinkB": 6})
+        ax.text(step, -0.9, f"step {step}", ha="center", fontsize=9, color=_GREY)
+    ax.set(xlim=(-0.6, len(checked) + 0.6), ylim=(tallest - 0.4, -1.3))
+    ax.axis("off")
+    ax.set_title("Beam search: kept candidates (colour) and pruned ones (grey); score = log P", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures of chapters 1 and 2: how far a stack of layers reaches, the shapes of softmax(Q Kᵀ) V
+# ---------------------------------------------------------------------------------------------
+
+
+def _checked_reach(reach: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``name -> (layers, n)`` boolean tables, all for the same ``n``; a clear error otherwise."""
+    if not isinstance(reach, Mapping) or not reach:
+        raise ValueError(f"reach must be a non-empty mapping name -> (layers, n) boolean table, got {reach!r}")
+    tables = {}
+    for name, table in reach.items():
+        array = _as_array(table, f"reach[{name!r}]")
+        if array.ndim != 2 or 0 in array.shape:
+            raise ValueError(f"reach[{name!r}] must be a non-empty (layers, n) table, got shape {array.shape}")
+        if array.dtype != bool:
+            raise ValueError(f"reach[{name!r}] must be boolean (True = the last output depends on that input)")
+        tables[str(name)] = array
+    widths = {table.shape[1] for table in tables.values()}
+    if len(widths) > 1:
+        raise ValueError(f"every table in reach must cover the same n input positions, got n in {sorted(widths)}")
+    return tables
+
+
+def receptive_field_figure(reach: Mapping[str, Any]) -> "Figure":
+    """Which inputs the last output depends on, layer after layer, for several kinds of layer stacks.
+
+    ``reach[name]`` is a boolean ``(layers, n)`` table: row ``l`` marks the input positions
+    ``1 .. n`` on which output ``n`` depends after ``l + 1`` layers (for a recurrence: sweeps).
+    One panel per stack, one row per layer, panels stacked with heights proportional to their
+    number of layers; a panel's title says after how many layers (if any) input 1 is reached.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    tables = _checked_reach(reach)
+    n = next(iter(tables.values())).shape[1]
+    heights = [table.shape[0] + 2.5 for table in tables.values()]  # room for each panel's title
+    fig = Figure(figsize=(min(2.0 + 0.42 * n, 13.0), 0.9 + 0.19 * sum(heights)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(len(tables), 1, height_ratios=heights))
+    for ax, (name, table) in zip(axes, tables.items()):
+        layers = table.shape[0]
+        ax.imshow(table, cmap=ListedColormap(["#f1f1f1", "#f0a04b"]), vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(n), [str(j + 1) if j in (0, n - 1) or (j + 1) % 4 == 0 else "" for j in range(n)])
+        rows = sorted({0, layers - 1} | set(range(3, layers, 4)))
+        ax.set_yticks(rows, [str(r + 1) for r in rows])
+        ax.set_xticks(np.arange(n + 1) - 0.5, minor=True)
+        ax.set_yticks(np.arange(layers + 1) - 0.5, minor=True)
+        ax.grid(False)
+        ax.grid(which="minor", color="white", linewidth=0.8)
+        ax.tick_params(which="minor", length=0)
+        reached = np.flatnonzero(table[:, 0])
+        depth = int(reached[0]) + 1 if reached.size else 0
+        verdict = f"input 1 reached after {depth} layer{'s' if depth > 1 else ''}" if depth else "input 1 not reached"
+        ax.set_title(f"{name}: {verdict}", fontsize=10, loc="left")
+        ax.set_ylabel("layer", fontsize=9)
+    axes[-1].set_xlabel(f"input position (output {n} is the one followed)")
+    fig.suptitle(f"Which inputs output {n} depends on, layer after layer", fontweight="bold", fontsize=12)
+    return fig
+
+
+_BLUE = "#1f5fbf"
+
+
+def _draw_matrix(ax: Any, x: float, rows: int, cols: int, name: str, face: str) -> None:
+    """A ``rows x cols`` grid of unit cells with its top-left corner at ``(x, 0)``, named below."""
+    from matplotlib.patches import Rectangle
+
+    for r in range(rows):
+        for c in range(cols):
+            ax.add_patch(Rectangle((x + c, r), 1, 1, facecolor=face, edgecolor="#555555", linewidth=0.8))
+    ax.text(x + cols / 2, rows + 0.5, name, ha="center", va="top", fontsize=11)
+
+
+def attention_shapes_figure(q_len: int = 3, k_len: int = 5, d_k: int = 4, d_v: int = 2) -> "Figure":
+    """softmax(Q Kᵀ / sqrt(d_k)) V drawn as blocks of cells, one cell per number, with every shape named.
+
+    ``Q`` ``(q_len, d_k)`` times ``Kᵀ`` ``(d_k, k_len)`` gives the scores ``(q_len, k_len)``; the
+    softmax runs along each row; the weights times ``V`` ``(k_len, d_v)`` give ``(q_len, d_v)``.
+    Red: query 1, key 2 and the score they make. Blue: row 1 of the weights and the output row it
+    mixes from all of ``V``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    sizes = {"q_len": q_len, "k_len": k_len, "d_k": d_k, "d_v": d_v}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 12:
+            raise ValueError(f"{name} must be an integer from 1 to 12 (one drawn cell per number), got {value!r}")
+    blocks = [  # name, rows, columns, colour; the operator drawn after the block
+        (f"Q\n({q_len} × {d_k})", q_len, d_k, _FACE["attn"], "×"),
+        (f"Kᵀ\n({d_k} × {k_len})", d_k, k_len, _FACE["attn"], "="),
+        (f"Q Kᵀ: scores\n({q_len} × {k_len})", q_len, k_len, _FACE["core"], "softmax(· / √d_k)\nalong each row"),
+        (f"weights A\n({q_len} × {k_len})", q_len, k_len, _FACE["core"], "×"),
+        (f"V\n({k_len} × {d_v})", k_len, d_v, _FACE["ffn"], "="),
+        (f"A V: output\n({q_len} × {d_v})", q_len, d_v, _FACE["io"], ""),
+    ]
+    fig = Figure(figsize=(13, 1.6 + 0.42 * max(q_len, k_len, d_k)), layout="constrained")
+    ax = fig.subplots()
+    x, left = 0.0, []  # left: the x of each block's left edge
+    for name, rows, cols, face, operator in blocks:
+        _draw_matrix(ax, x, rows, cols, name, face)
+        left.append(x)
+        x += cols
+        gap = 3.4 if len(operator) > 1 else 1.6
+        ax.text(x + gap / 2, max(q_len, d_k) / 2, operator, ha="center", va="center", fontsize=9 if gap > 2 else 14)
+        x += gap if operator else 0
+    key = min(1, k_len - 1)  # key 2 (key 1 if there is only one)
+    outlines = [  # (block, x offset, y offset, width, height, colour)
+        (0, 0, 0, d_k, 1, HIGHLIGHT_EDGE),  # query 1: a row of Q
+        (1, key, 0, 1, d_k, HIGHLIGHT_EDGE),  # key 2: a column of Kᵀ
+        (2, key, 0, 1, 1, HIGHLIGHT_EDGE),  # their score
+        (3, 0, 0, k_len, 1, _BLUE),  # the weights of query 1
+        (4, 0, 0, d_v, k_len, _BLUE),  # every value
+        (5, 0, 0, d_v, 1, _BLUE),  # the output row of query 1
+    ]
+    for block, dx, dy, width, height, colour in outlines:
+        ax.add_patch(Rectangle((left[block] + dx, dy), width, height, fill=False, edgecolor=colour, linewidth=2.5))
+    ax.set(xlim=(-0.5, x + 0.5), ylim=(max(q_len, k_len, d_k) + 2.2, -0.5), aspect="equal")
+    ax.axis("off")
+    ax.set_title(
+        "softmax(Q Kᵀ / √d_k) V, one cell per number. Red: query 1 · key 2 = one score. "
+        "Blue: one row of weights mixes all of V into one output row",
+        fontsize=10,
+    )
     return fig
