@@ -104,7 +104,7 @@ class Transformer(nn.Module):
         self.src_pos = Positions(c.d_model, max_len=c.max_len, dropout=c.dropout)
         self.tgt_pos = Positions(c.d_model, max_len=c.max_len, dropout=c.dropout)
         self.generator = Generator(c.d_model, c.tgt_vocab)
-        for p in self.parameters():  # Glorot/Xavier initialisation, as in the reference implementations
+        for p in self.parameters():  # Glorot/Xavier, as The Annotated Transformer does (the paper gives no init)
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
         if c.share_embeddings:
