@@ -468,6 +468,7 @@ def test_screenshots_of_every_page(visits: dict[str, Visit]) -> None:
 
 TRANSLATOR_PAGE = "book/translator"
 TRANSLATOR_SENTENCES = 10  # the first sentences of test_2016_flickr
+CHINESE_SENTENCES = ["我爱你", "他欠我一百万", "今天天气很好。", "我们明天去北京吧。"]
 TRANSLATE_JS = """async (text) => {
   const input = document.getElementById('translate-input');
   const before = window.courseTranslator.count;
@@ -479,7 +480,7 @@ TRANSLATE_JS = """async (text) => {
   }
   const map = document.getElementById('attention-map');
   return {output: document.getElementById('translate-output').textContent, status: status.textContent,
-          ids: await window.courseTranslator.encode(text),
+          ids: await window.courseTranslator.encode(text, document.getElementById('translate-language').value),
           rows: Number(map.dataset.rows), columns: Number(map.dataset.columns),
           layers: document.getElementById('layer-select').options.length,
           heads: document.getElementById('head-select').options.length};
@@ -506,9 +507,14 @@ def translator_page(server: str) -> dict[str, Any]:
             page.wait_for_function(TRANSLATOR_READY_JS, timeout=TRANSLATOR_TIMEOUT_MS)
             results = [page.evaluate(TRANSLATE_JS, s) for s in sentences]
             load_ms = page.evaluate("window.courseTranslator.loadMs")
+            shown = page.evaluate("window.courseTranslator.count")
+            page.select_option("#translate-language", "zh")  # loads the Chinese model, translates its first example
+            page.wait_for_function(f"() => window.courseTranslator.count > {shown}", timeout=120_000)
+            page.wait_for_function(TRANSLATOR_READY_JS)
+            chinese = [page.evaluate(TRANSLATE_JS, s) for s in CHINESE_SENTENCES]
         finally:
             browser.close()
-    return {"sentences": sentences, "results": results, "errors": errors, "load_ms": load_ms}
+    return {"sentences": sentences, "results": results, "errors": errors, "load_ms": load_ms, "chinese": chinese}
 
 
 def test_translator_page_translates_like_the_command_line(translator_page: dict[str, Any]) -> None:
@@ -526,6 +532,18 @@ def test_translator_page_translates_like_the_command_line(translator_page: dict[
         assert "computed in this browser" in result["status"]
     assert results[0]["layers"] == model.config.N and results[0]["heads"] == model.config.h + 1  # + "mean"
     print(f"translator page: model loaded in {translator_page['load_ms']:.0f} ms;", [r["status"] for r in results])
+
+
+def test_translator_page_translates_chinese_like_the_command_line(translator_page: dict[str, Any]) -> None:
+    from transformer_lib.checkpoint import load_translator
+    from transformer_lib.evaluate import translate
+
+    model, src_tok, tgt_tok = load_translator(ROOT / "release" / "tatoeba_zh_en.pt")
+    expected = translate(model, src_tok, tgt_tok, CHINESE_SENTENCES, batch_size=1)
+    for sentence, result, english in zip(CHINESE_SENTENCES, translator_page["chinese"], expected):
+        assert result["ids"] == src_tok.encode(sentence), f"the page's tokenizer differs from Python's on {sentence!r}"
+        assert result["output"] == english, f"{sentence!r}: the page says {result['output']!r}, Python {english!r}"
+        assert result["columns"] == len(result["ids"])
 
 
 LIVE_EXPLORERS_JS = """async () => {

@@ -4,10 +4,10 @@
    figure must be made by code and never go stale. So every build draws it again from
    ``transformer_lib.viz.architecture_figure()`` into ``book/_generated/architecture.png``
    (ignored by git) before Sphinx reads the pages; the file is replaced only when it changed.
-2. The "Try the translator" page runs the released de->en checkpoint in the reader's browser. Its
-   ONNX files are made from ``release/multi30k_de_en.pt`` by ``transformer_lib.export`` into
-   ``book/_generated/web/multi30k_de_en/`` (served as ``_static/multi30k_de_en/``), again only when
-   the checkpoint, the exporter or torch changed: a stamp file records what the files came from.
+2. The "Try the translator" page runs the released checkpoints (de->en, zh->en) in the reader's
+   browser. Their ONNX files are made by ``transformer_lib.export`` into
+   ``book/_generated/web/<name>/`` (served as ``_static/<name>/``), again only when the
+   checkpoint, the exporter or torch changed: a stamp file records what the files came from.
 3. Sphinx 7.4 lists an inline script twice when an extension adds it after the builder started
    (sphinx-thebe's ``const THEBE_JS_URL = ...``, sphinx-togglebutton's selector): once as
    ``filename=None`` and again, re-read from the registry, as ``filename=''``. The second ``const``
@@ -52,7 +52,7 @@ def draw_figures(out_dir: Path = GENERATED) -> list[Path]:
     return [path]
 
 
-WEB_MODELS = {"multi30k_de_en": "release/multi30k_de_en.pt"}
+WEB_MODELS = {"multi30k_de_en": "release/multi30k_de_en.pt", "tatoeba_zh_en": "release/tatoeba_zh_en.pt"}
 
 
 def export_web_models(out_dir: Path = GENERATED / "web") -> list[Path]:

@@ -1,4 +1,4 @@
-// "Try the translator": the released de->en model, exported to ONNX by transformer_lib.export, run in
+// "Try the translator": the released de->en and zh->en models, exported to ONNX by transformer_lib.export, run in
 // this page by onnxruntime-web (WebAssembly, one thread), tokenized by SentencePiece compiled to
 // WebAssembly. Nothing leaves the browser. Greedy search is the loop of transformer_lib.export's
 // greedy_translate_onnx: the encoder once, then one decoder step per output token, at most
@@ -7,40 +7,44 @@
 import * as ort from "./vendor/onnxruntime-web/ort.wasm.min.mjs";
 import { SentencePieceProcessor } from "./vendor/sentencepiece/sentencepiece.mjs";
 
-const MODEL_DIR = new URL("./multi30k_de_en/", import.meta.url);
+const MODELS = { de: "multi30k_de_en", zh: "tatoeba_zh_en" }; // source language -> folder in _static
 const MAX_EXTRA_LEN = 50; // as evaluate.translate
 const MAX_SRC_LEN = 256;
 
 ort.env.wasm.wasmPaths = new URL("./vendor/onnxruntime-web/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // threads need a cross-origin-isolated page, which a static host does not give
 
-async function fetchBytes(name) {
-  const response = await fetch(new URL(name, MODEL_DIR));
+async function fetchBytes(folder, name) {
+  const response = await fetch(new URL(`./${folder}/${name}`, import.meta.url));
   if (!response.ok) throw new Error(`could not load ${name}: HTTP ${response.status}`);
   return new Uint8Array(await response.arrayBuffer());
 }
 
-async function tokenizer(name) {
+async function tokenizer(bytes) {
   const sp = new SentencePieceProcessor();
-  await sp._loadModel(await fetchBytes(name)); // the package's loader from bytes (its public ones read files or base64)
+  await sp._loadModel(bytes); // the package's loader from bytes (its public ones read files or base64)
   return sp;
 }
 
-async function load() {
-  const manifest = JSON.parse(new TextDecoder().decode(await fetchBytes("manifest.json")));
+async function load(folder) {
+  const get = (name) => fetchBytes(folder, name);
+  const json = async (name) => JSON.parse(new TextDecoder().decode(await get(name)));
+  const manifest = await json("manifest.json");
   const files = manifest.files;
   const options = { executionProviders: ["wasm"], graphOptimizationLevel: "all" };
-  const json = async (name) => JSON.parse(new TextDecoder().decode(await fetchBytes(name)));
   const [encoder, step, src, tgt, srcPieces, tgtPieces] = await Promise.all([
-    fetchBytes(files.encoder).then((b) => ort.InferenceSession.create(b, options)),
-    fetchBytes(files.decoder_step).then((b) => ort.InferenceSession.create(b, options)),
-    tokenizer(files.src_tokenizer),
-    tokenizer(files.tgt_tokenizer),
+    get(files.encoder).then((b) => ort.InferenceSession.create(b, options)),
+    get(files.decoder_step).then((b) => ort.InferenceSession.create(b, options)),
+    get(files.src_tokenizer).then(tokenizer),
+    get(files.tgt_tokenizer).then(tokenizer),
     json(files.src_pieces),
     json(files.tgt_pieces),
   ]);
   return { manifest, encoder, step, src, tgt, srcPieces, tgtPieces };
 }
+
+const loaded = {}; // language -> Promise of its model, loaded the first time it is asked for
+const model = (language) => (loaded[language] ??= load(MODELS[language]));
 
 const ids64 = (ids) => new ort.Tensor("int64", BigInt64Array.from(ids, (i) => BigInt(i)), [1, ids.length]);
 
@@ -132,41 +136,50 @@ async function main() {
   const input = $("translate-input");
   const button = $("translate-button");
   const status = $("translate-status");
+  const language = $("translate-language");
   if (!input || !button) return; // not the translator page
   const loadStart = performance.now();
-  const ready = load();
   window.courseTranslator = {
-    ready: ready.then(() => true),
-    translate: async (text) => translate(await ready, text),
-    encode: async (text) => (await ready).src.encodeIds(text),
+    ready: model("de").then(() => true),
+    translate: async (text, lang = "de") => translate(await model(lang), text),
+    encode: async (text, lang = "de") => (await model(lang)).src.encodeIds(text),
     count: 0, // translations shown so far
   };
-  let model;
-  try {
-    model = await ready;
-  } catch (error) {
-    status.textContent = `The model could not be loaded: ${error.message}`;
-    throw error;
-  }
-  const { layers, heads } = model.manifest;
-  for (let l = 0; l < layers; l++) $("layer-select").append(option(l, `layer ${l + 1}`));
-  $("head-select").append(option("mean", "mean of the heads"));
-  for (let h = 0; h < heads; h++) $("head-select").append(option(h, `head ${h + 1}`));
-  $("layer-select").value = String(layers - 1);
+  let current;
   let last = null;
-  const redraw = () => last && drawMap($("attention-map"), last, model.manifest, Number($("layer-select").value), $("head-select").value);
+  const redraw = () =>
+    last && drawMap($("attention-map"), last, current.manifest, Number($("layer-select").value), $("head-select").value);
+  const useLanguage = async (lang) => {
+    button.disabled = true;
+    status.textContent = `Loading the ${lang === "zh" ? "Chinese" : "German"} model…`;
+    try {
+      current = await model(lang);
+    } catch (error) {
+      status.textContent = `The model could not be loaded: ${error.message}`;
+      throw error;
+    }
+    const { layers, heads } = current.manifest;
+    $("layer-select").replaceChildren(...[...Array(layers).keys()].map((l) => option(l, `layer ${l + 1}`)));
+    $("head-select").replaceChildren(
+      option("mean", "mean of the heads"),
+      ...[...Array(heads).keys()].map((h) => option(h, `head ${h + 1}`)),
+    );
+    $("layer-select").value = String(layers - 1);
+    input.lang = lang;
+    document.querySelectorAll("[data-example]").forEach((b) => (b.hidden = b.dataset.lang !== lang));
+  };
   $("layer-select").addEventListener("change", redraw);
   $("head-select").addEventListener("change", redraw);
   const run = async () => {
     const text = input.value.trim();
     if (!text) {
-      status.textContent = "Type a German sentence first.";
+      status.textContent = "Type a sentence first.";
       return;
     }
     button.disabled = true;
     status.textContent = "translating…";
     try {
-      last = await translate(model, text);
+      last = await translate(current, text);
       window.courseTranslator.count += 1;
       $("translate-output").textContent = last.text;
       $("source-pieces").textContent = last.srcPieces.join(" ");
@@ -179,12 +192,18 @@ async function main() {
   };
   button.addEventListener("click", run);
   input.addEventListener("keydown", (event) => event.key === "Enter" && run());
+  language?.addEventListener("change", async () => {
+    input.value = document.querySelector(`[data-example][data-lang="${language.value}"]`)?.dataset.example ?? "";
+    await useLanguage(language.value);
+    await run();
+  });
   document.querySelectorAll("[data-example]").forEach((b) =>
     b.addEventListener("click", () => {
       input.value = b.dataset.example;
       run();
     }),
   );
+  await useLanguage("de");
   window.courseTranslator.loadMs = performance.now() - loadStart;
   await run(); // the sentence already in the box, so that the page opens with a translation and its map
   status.textContent = `Model loaded in ${(window.courseTranslator.loadMs / 1000).toFixed(1)} s. ${status.textContent}`;
