@@ -28,9 +28,9 @@ book: $(STAMP)
 	@echo "    python -m http.server -d _build/html"
 
 # The browser test (tests/test_book.py) drives Debian's Chromium; CJK fonts render the Chinese examples.
-# (The emoji font draws the exercises' ✅/❌ lines in the screenshots.)
+# (The emoji font draws the exercises' ✅/❌ lines in the screenshots.) bubblewrap is the batch grader's sandbox.
 # Installed with apt-get when missing and apt can be used (as root or with sudo); otherwise says how.
-SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-noto-color-emoji
+SYSTEM_PACKAGES := chromium fonts-noto-cjk fonts-noto-color-emoji bubblewrap
 system-deps:
 	@if dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

@@ -152,12 +152,18 @@ class SeedSentence:
 # Written as the articles write them: no final "。" (Tatoeba's sentences all end with punctuation).
 # The article numbers are those of the book's Further reading page. The English references are ours.
 SEED_SENTENCES: tuple[SeedSentence, ...] = (
-    SeedSentence("我爱你", "I love you.", "article 4: the running example, encoder input 我爱你 for I LOVE YOU"),
+    SeedSentence(
+        "我爱你",
+        "I love you.",
+        "article 4: the running example (the article's model reads I LOVE YOU and writes 我爱你; ours goes zh→en)",
+    ),
     SeedSentence("我欠他100W", "I owe him a million.", "article 4: word order matters (W = 万, ten thousand)"),
     SeedSentence("他欠我100W", "He owes me a million.", "article 4: the same characters in another order"),
     SeedSentence("我欠他一百万", "I owe him a million.", "variant: 100W written out in standard Chinese"),
     SeedSentence("他欠我一百万", "He owes me a million.", "variant: 100W written out in standard Chinese"),
-    SeedSentence("他爱我", "He loves me.", "variant: 我爱你 with the order swapped, as article 4 does with 100W"),
+    SeedSentence(
+        "他爱我", "He loves me.", "variant: other subject and object than 我爱你, as article 4 swaps 我 and 他 in 100W"
+    ),
     SeedSentence(
         "注意力就是你所需要的一切", "Attention is all you need.", "the paper's title, cited by articles 2 and 5"
     ),

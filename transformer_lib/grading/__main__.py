@@ -22,6 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--out", required=True, help="the CSV file to write (e.g. grades.csv)")
     grade.add_argument("--hidden", default="exercises/hidden", help="directory of hidden tests (default: %(default)s)")
     grade.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per notebook cell (default: 60)")
+    grade.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run the submissions' code without the bubblewrap sandbox (only where bwrap cannot run, and only "
+        "for submissions you trust: their code then runs with your rights)",
+    )
     return parser
 
 
@@ -34,7 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         return generate_main(args.masters, args.out, check=args.check)
     from .batch import main as grade_main
 
-    return grade_main(args.submissions, args.out, hidden=args.hidden, cell_timeout=args.cell_timeout)
+    return grade_main(
+        args.submissions,
+        args.out,
+        hidden=args.hidden,
+        cell_timeout=args.cell_timeout,
+        unsafe_no_sandbox=args.unsafe_no_sandbox,
+    )
 
 
 if __name__ == "__main__":

@@ -8,10 +8,16 @@ For each submitted notebook, in order:
    ``os.system``, ``subprocess``, sockets, ``ctypes``, ``eval``/``exec``/``__import__``, ``sys.modules``, writing
    files, importing the grader's internals, monkeypatching ``torch`` or ``transformer_lib``) gives a zero, and
    the reason names the cell and the construct;
-3. execute it top to bottom with nbclient in a fresh kernel, in a temporary copy directory; a cell that
-   raises or runs longer than the per-cell time limit gives a zero with the reason;
-4. in the same kernel, run every exercise of the chapter on the object the notebook defines (public and
-   hidden tests, ``check(..., hidden=True)``), and read the scores back from a marker line.
+3. execute its code cells top to bottom in a worker process inside the bubblewrap sandbox (:mod:`.sandbox`;
+   one sandbox per group of exercises that withhold the same library solutions); a cell that raises or runs
+   longer than the per-cell time limit gives a zero with the reason;
+4. here, in the grader's process, run every exercise of the chapter (public and hidden tests) on proxies of
+   what the notebook defined: the learner's code only produces plain data over a pipe (:mod:`.wire`), the
+   comparisons and the scores are computed here and capped at each exercise's maximum. A test whose message
+   shows that the learner's code used a withheld library solution gives that exercise a zero.
+
+The static scan is an early, friendly message, not the boundary: the sandbox is. Where bubblewrap cannot
+run, :func:`main` refuses to grade unless ``--unsafe-no-sandbox`` is given.
 
 One CSV row per submission: ``learner, notebook, chapter, <one column per exercise id>, total, max_total,
 status, reason``; status is ``graded`` or ``zero``. The CSV is written atomically; a progress line per
@@ -26,16 +32,17 @@ import io
 import json
 import os
 import re
-import secrets
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..utils import write_atomic
+from . import core, sandbox
 from .core import exercises_of_chapter, load_hidden
+from .wire import PeerGone, PeerTimeout, ProtocolError
 
 __all__ = ["GradeRow", "scan_notebook", "chapter_of", "grade_submission", "grade", "write_csv", "main"]
 
@@ -355,87 +362,123 @@ def _read_notebook(path: Path) -> dict | None:
     return nb
 
 
-def _grading_source(chapter: int, hidden: Path, nonce: str) -> str:
-    return f"""
-import json as _tl_json
-from transformer_lib.grading import core as _tl_core
-_tl_core.load_hidden({str(hidden)!r})
-_tl_results = {{}}
-for _tl_ex in _tl_core.exercises_of_chapter({chapter}):
-    if _tl_ex.target not in globals():
-        _tl_results[_tl_ex.id] = {{"score": 0, "max_score": _tl_ex.max_score(hidden=True),
-                                   "note": _tl_ex.target + " is not defined"}}
-        continue
-    _tl_r = _tl_core.check(_tl_ex.id, globals()[_tl_ex.target], hidden=True, verbose=False)
-    _tl_bad = [o.status for o in _tl_r.outcomes if o.status != "passed"]
-    _tl_note = "not implemented yet" if _tl_r.not_implemented else (
-        ", ".join(sorted({{s if s != "failed" else "wrong" for s in _tl_bad}})) if _tl_bad else "")
-    _tl_results[_tl_ex.id] = {{"score": _tl_r.score, "max_score": _tl_r.max_score, "note": _tl_note}}
-print({MARKER + nonce!r} + _tl_json.dumps(_tl_results))
-"""
-
-
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _execute(nb: dict, chapter: int, hidden: Path, cell_timeout: float) -> tuple[dict | None, str]:
-    """Run the notebook and the grading cell in a fresh kernel in a temporary directory; (results, reason)."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+def _code_cells(nb: dict) -> list[tuple[int, str]]:
+    """(cell number from 1, markdown included; source) of every code cell."""
+    cells = []
+    for index, cell in enumerate(nb.get("cells", []), start=1):
+        if cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            cells.append((index, "".join(source) if isinstance(source, list) else str(source)))
+    return cells
 
-    notebook = nbformat.reads(json.dumps(nb), as_version=4)  # joins the source lines, as nbclient expects
-    for cell in notebook.cells:  # a submission may carry outputs: start clean
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
-    nonce = secrets.token_hex(8)
-    grading_cell = nbformat.v4.new_code_cell(_grading_source(chapter, hidden.resolve(), nonce))
-    budget = sum(ex.timeout_s for ex in exercises_of_chapter(chapter)) + 60.0  # every check's own limit, and some
-    with tempfile.TemporaryDirectory(prefix="tl-grade-") as workdir:
-        client = NotebookClient(
-            notebook,
-            timeout=cell_timeout,
-            kernel_name="python3",
-            allow_errors=False,
-            record_timing=False,
-            resources={"metadata": {"path": workdir}},
-        )
-        index = 0
+
+class _Libraries:
+    """The sandbox's library copies, one per set of withheld solutions, built once per grading run."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="tl-grade-lib-"))
+        os.chmod(self.root, 0o755)
+        self.built: dict[frozenset[str], Path] = {}
+
+    def get(self, withheld: frozenset[str]) -> Path:
+        if withheld not in self.built:
+            where = self.root / f"lib{len(self.built)}"
+            where.mkdir()
+            self.built[withheld] = sandbox.build_library(where, withheld)
+        return self.built[withheld]
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _start(lib: Path, cells: list[tuple[int, str]], cell_timeout: float, sandboxed: bool) -> tuple[Any, str]:
+    """A producer that has run every code cell; (producer, '') or (None, why the notebook gets a zero)."""
+    producer = sandbox.SandboxProducer(lib, sandboxed=sandboxed)
+    for index, source in cells:
         try:
-            with client.setup_kernel(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):  # kernel's own logs
-                for index, cell in enumerate(notebook.cells, start=1):
-                    if cell.cell_type == "code":
-                        client.execute_cell(cell, index - 1)
-                index = 0
-                client.timeout = int(budget)
-                notebook.cells.append(grading_cell)
-                client.execute_cell(grading_cell, len(notebook.cells) - 1)
-        except CellTimeoutError:
-            where = f"cell {index}" if index else "the grading step"
-            limit = cell_timeout if index else budget
-            return None, f"{where} ran longer than {limit:g} s"
-        except DeadKernelError:
-            return None, f"the kernel died while running {'cell ' + str(index) if index else 'the grading step'}"
-        except CellExecutionError as exc:
-            if not index:
-                return None, _short(f"the grading step failed: {exc.ename}: {exc.evalue}")
-            return None, _short(f"cell {index} raised {exc.ename}: {exc.evalue}")
-        except Exception as exc:  # noqa: BLE001 — a submission must never stop the batch
-            return None, _short(f"could not run the notebook: {type(exc).__name__}: {exc}")
-    text = "".join(o.get("text", "") for o in grading_cell.outputs if o.get("output_type") == "stream")
-    for line in text.splitlines():
-        if line.startswith(MARKER + nonce):
-            try:
-                return json.loads(line[len(MARKER + nonce) :]), ""
-            except ValueError:
-                break
-    return None, "the grading step printed no result"
+            failed = producer.execute(index, source, cell_timeout)
+        except PeerTimeout:
+            producer.close()
+            return None, f"cell {index} ran longer than {cell_timeout:g} s"
+        except (PeerGone, ProtocolError):
+            code = producer.exit_code()
+            producer.close()
+            how = f" (killed by signal {-code})" if code is not None and code < 0 else ""
+            return None, f"the kernel died while running cell {index}{how}"
+        if failed is not None:
+            producer.close()
+            return None, _short(f"cell {index} raised {failed[0]}: {failed[1].removeprefix(f'raised {failed[0]}: ')}")
+    return producer, ""
+
+
+def _grade_exercise(producer: Any, ex: Any) -> dict:
+    """Run one exercise's tests here, in the grader, on the producer's object; the score is computed here."""
+    tests = ex.tests_to_run(hidden=True)
+    received, stopped = core.run_with_producer(tests, producer, ex.target, ex.timeout_s)
+    maximum = ex.max_score(hidden=True)
+    if not received and stopped.endswith("is not defined"):
+        return {"score": 0, "max_score": maximum, "note": stopped}
+    result = core.CheckResult(ex.id, ex.title, core.outcomes_of(tests, received, stopped, ex.timeout_s))
+    withheld = [o.message for o in result.outcomes if sandbox.WITHHELD_MARK in o.message]
+    if withheld:
+        match = re.search(r"(transformer_lib\.[\w.]+) " + sandbox.WITHHELD_MARK, withheld[0])
+        name = match.group(1) if match else "the library's solution"
+        return {"score": 0, "max_score": maximum, "note": f"uses the library's solution {name}: zero"}
+    bad = [o.status for o in result.outcomes if o.status != "passed"]
+    note = (
+        "not implemented yet"
+        if result.not_implemented
+        else (", ".join(sorted({s if s != "failed" else "wrong" for s in bad})) if bad else "")
+    )
+    return {"score": max(0, min(result.score, maximum)), "max_score": maximum, "note": note}
+
+
+def _execute(
+    nb: dict, chapter: int, hidden: Path, cell_timeout: float, libraries: _Libraries, sandboxed: bool = True
+) -> tuple[dict | None, str]:
+    """Run the notebook's code in producers (one per group of exercises) and judge every exercise here."""
+    load_hidden(hidden)
+    cells = _code_cells(nb)
+    results: dict[str, dict] = {}
+    for withheld, group in sandbox.groups(exercises_of_chapter(chapter)):
+        lib = libraries.get(withheld)
+        producer, reason = _start(lib, cells, cell_timeout, sandboxed)
+        if producer is None:
+            return None, reason
+        try:
+            for ex in group:
+                if producer.endpoint.dead:  # the previous exercise crashed or hung its producer: start afresh
+                    producer.close()
+                    producer, reason = _start(lib, cells, cell_timeout, sandboxed)
+                    if producer is None:
+                        return None, reason
+                results[ex.id] = _grade_exercise(producer, ex)
+                if not producer.endpoint.dead:
+                    try:
+                        producer.endpoint.deadline = time.monotonic() + 10
+                        producer.release()
+                    except (PeerTimeout, PeerGone, ProtocolError):
+                        producer.endpoint.dead = True
+                    finally:
+                        producer.endpoint.deadline = None
+        finally:
+            producer.close()
+    return results, ""
 
 
 def grade_submission(
-    path: str | os.PathLike, hidden: str | os.PathLike = "exercises/hidden", cell_timeout: float = 60.0
+    path: str | os.PathLike,
+    hidden: str | os.PathLike = "exercises/hidden",
+    cell_timeout: float = 60.0,
+    sandboxed: bool = True,
+    libraries: _Libraries | None = None,
 ) -> GradeRow:
     """Grade one submitted notebook (never raises for a bad submission: it gets a zero and a reason)."""
     path, hidden = Path(path), Path(hidden)
@@ -461,14 +504,20 @@ def grade_submission(
         more = f" (and {len(suspicious) - 3} more)" if len(suspicious) > 3 else ""
         row.reason = "looks malicious, not run: " + "; ".join(suspicious[:3]) + more
         return row
-    results, reason = _execute(nb, row.chapter, hidden, cell_timeout)
+    own = libraries is None
+    libraries = libraries or _Libraries()
+    try:
+        results, reason = _execute(nb, row.chapter, hidden, cell_timeout, libraries, sandboxed)
+    finally:
+        if own:
+            libraries.close()
     if results is None:
         row.reason = reason
         return row
     notes = []
     for ex in exercises:
         result = results.get(ex.id, {"score": 0, "max_score": ex.max_score(hidden=True), "note": "not graded"})
-        row.scores[ex.id] = int(result["score"])
+        row.scores[ex.id] = max(0, min(int(result["score"]), ex.max_score(hidden=True)))
         if result.get("note") or result["score"] != result["max_score"]:
             notes.append(
                 f"{ex.id} {result['score']}/{result['max_score']}"
@@ -497,23 +546,35 @@ def grade(
     out: str | os.PathLike,
     hidden: str | os.PathLike = "exercises/hidden",
     cell_timeout: float = 60.0,
+    sandboxed: bool = True,
 ) -> list[GradeRow]:
-    """Grade every submission in order, print a progress line per submission to stderr, write the CSV."""
+    """Grade every submission in order, print a progress line per submission to stderr, write the CSV.
+
+    ``sandboxed=False`` runs the submissions' code without bubblewrap (see ``--unsafe-no-sandbox``)."""
     rows = []
-    for n, path in enumerate(submissions, start=1):
-        start = time.monotonic()
-        row = grade_submission(path, hidden, cell_timeout)
-        rows.append(row)
-        outcome = f"{row.total}/{row.max_total}" if row.status == "graded" else f"zero ({row.reason})"
-        print(
-            f"[{n}/{len(submissions)}] {Path(path).name}: {outcome} ({time.monotonic() - start:.0f} s)", file=sys.stderr
-        )
+    libraries = _Libraries()
+    try:
+        for n, path in enumerate(submissions, start=1):
+            start = time.monotonic()
+            row = grade_submission(path, hidden, cell_timeout, sandboxed, libraries)
+            rows.append(row)
+            outcome = f"{row.total}/{row.max_total}" if row.status == "graded" else f"zero ({row.reason})"
+            elapsed = time.monotonic() - start
+            print(f"[{n}/{len(submissions)}] {Path(path).name}: {outcome} ({elapsed:.0f} s)", file=sys.stderr)
+    finally:
+        libraries.close()
     write_csv(rows, out)
     return rows
 
 
-def main(submissions: list[str], out: str, hidden: str = "exercises/hidden", cell_timeout: float = 60.0) -> int:
-    """Command-line entry; returns 0 even when submissions got zeros, 2 for usage errors."""
+def main(
+    submissions: list[str],
+    out: str,
+    hidden: str = "exercises/hidden",
+    cell_timeout: float = 60.0,
+    unsafe_no_sandbox: bool = False,
+) -> int:
+    """Command-line entry; returns 0 even when submissions got zeros, 2 for usage errors, 3 without a sandbox."""
     missing = [s for s in submissions if not Path(s).is_file()]
     if missing:
         print(f"error: no such submission file(s): {', '.join(missing)}", file=sys.stderr)
@@ -524,7 +585,22 @@ def main(submissions: list[str], out: str, hidden: str = "exercises/hidden", cel
     if not cell_timeout > 0:
         print(f"error: --cell-timeout must be positive, got {cell_timeout}", file=sys.stderr)
         return 2
-    rows = grade(submissions, out, hidden, cell_timeout)
+    if unsafe_no_sandbox:
+        print(
+            "warning: --unsafe-no-sandbox: the submissions' code runs with your rights, outside any sandbox",
+            file=sys.stderr,
+        )
+    else:
+        problem = sandbox.sandbox_problem()
+        if problem is not None:
+            print(
+                f"error: cannot sandbox the submissions: {problem}.\n"
+                "Refusing to run learners' code without a sandbox; pass --unsafe-no-sandbox to do it anyway "
+                "(only for submissions you trust).",
+                file=sys.stderr,
+            )
+            return 3
+    rows = grade(submissions, out, hidden, cell_timeout, sandboxed=not unsafe_no_sandbox)
     graded = sum(r.status == "graded" for r in rows)
     print(f"wrote {out}: {graded} graded, {len(rows) - graded} zero", file=sys.stderr)
     return 0

@@ -4,13 +4,16 @@ An :class:`Exercise` (id ``"NN.slug"``, e.g. ``"02.sdpa"``) owns a list of :clas
 function that receives the learner's object and raises :class:`Mismatch` with a message that says *what*
 differs (a shape, some values, a mask that leaks, a gradient) — never what the answer is.
 
-``check()`` runs the tests of one exercise in a forked child process (on Linux), so a learner's code that
-loops forever, calls ``sys.exit`` or kills the interpreter is reported as such and never takes the notebook's
-kernel (or the batch grader) down with it. Where ``fork`` is not available (Windows, and macOS where it is
-unsafe), the tests run in a daemon thread with the same time limit; the limitation there is that a hung
-thread keeps running in the background until the kernel restarts.
+``check()`` splits producing from judging: on Linux it forks a child that holds the learner's object and only
+answers calls with plain data (:mod:`.worker`, :mod:`.wire`), while the tests run here, in the caller's
+process, on a proxy of it. So a learner's code that loops forever, calls ``sys.exit`` or kills the interpreter
+is reported as such and never takes the notebook's kernel down, and it cannot reach the tests to mark them
+passed. ``check()`` is still a self-check, not proof of work: it runs in the learner's own kernel. Where
+``fork`` is not available (Windows, and macOS where it is unsafe), the tests call the object directly in a
+daemon thread with the same time limit; a hung thread keeps running in the background until the kernel
+restarts. The batch grader (:mod:`.batch`) uses the same split with a sandboxed worker.
 
-This module imports only the standard library, torch and ``transformer_lib.utils``.
+This module imports only the standard library, torch, :mod:`.wire` and :mod:`.worker`.
 """
 
 from __future__ import annotations
@@ -18,9 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
-import linecache
 import math
-import multiprocessing
 import os
 import pkgutil
 import queue
@@ -28,13 +29,14 @@ import re
 import sys
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
+
+from .wire import Channel, Endpoint, PeerError, PeerGone, PeerTimeout, ProtocolError, describe_exception
 
 __all__ = [
     "Mismatch",
@@ -303,65 +305,149 @@ def _short(text: str, limit: int = _MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _learner_frame(tb: Any) -> str:
-    """`` (line N: `code`)`` for the innermost traceback frame outside this package and torch, or ''."""
-    here = str(Path(__file__).resolve().parent)
-    torch_dir = str(Path(torch.__file__).resolve().parent)
-    found = ""
-    for frame, lineno in traceback.walk_tb(tb):
-        filename = frame.f_code.co_filename
-        if filename.startswith((here, torch_dir)) or "importlib" in filename:
-            continue
-        line = linecache.getline(filename, lineno).strip()
-        if line:
-            found = f" (in {frame.f_code.co_name}, at `{_short(line, 100)}`)"
-    return found
-
-
 def _describe_exception(exc: BaseException) -> str:
-    if isinstance(exc, SystemExit):
-        return (
-            f"your code called sys.exit({'' if exc.code is None else repr(exc.code)}); a function should return instead"
-        )
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted (KeyboardInterrupt)"
-    return _short(f"raised {type(exc).__name__}: {exc}") + _learner_frame(exc.__traceback__)
+    return _short(describe_exception(exc)) if not isinstance(exc, PeerError) else _short(exc.description)
 
 
-def _run_tests(tests: list[Test], obj: Any, send: Callable[[dict], None]) -> None:
-    """Run ``tests`` in order, sending one plain-data outcome per test; stops at a NotImplementedError."""
+def _stopped_message(exc: BaseException, producer: Producer | None) -> str:
+    """Why the producer stopped answering: 'timeout', or a sentence for the learner."""
+    if isinstance(exc, PeerTimeout):
+        return "timeout"
+    if isinstance(exc, ProtocolError):
+        return f"the process running your code sent a malformed answer ({_short(str(exc), 100)})"
+    return _crash_message(producer.exit_code() if producer is not None else None)
+
+
+def _run_tests(tests: list[Test], obj: Any, send: Callable[[dict], None], producer: Producer | None = None) -> str:
+    """Run ``tests`` in order, sending one plain-data outcome per test; stops at a NotImplementedError.
+
+    With a ``producer`` (the process that holds the learner's code; ``obj`` is then a proxy), each test starts
+    by seeding its random numbers; the run stops when the producer times out or dies, and the return value
+    says why ('' when every test ran).
+    """
     for i, t in enumerate(tests):
         torch.manual_seed(0)  # learner code that draws random numbers (nn.Linear's init, ...) is repeatable
         try:
+            if producer is not None:
+                producer.seed(0)
             t.run(obj)
+        except (PeerTimeout, PeerGone, ProtocolError) as exc:
+            return _stopped_message(exc, producer)
         except Mismatch as exc:
             status, message = FAILED, _short(str(exc))
         except NotImplementedError:
             send({"index": i, "status": NOT_IMPLEMENTED, "message": "not implemented yet"})
-            return
+            return ""
         except BaseException as exc:  # SystemExit and KeyboardInterrupt too: the learner's code must not stop us
             status, message = ERROR, _describe_exception(exc)
         else:
             status, message = PASSED, ""
         send({"index": i, "status": status, "message": message})
+    return ""
 
 
-def _child(tests: list[Test], obj: Any, conn: Any) -> None:
-    """Body of the forked child: run the tests with stdout/stderr captured, report through ``conn``, _exit."""
-    code = 0
+class Producer:
+    """The process that holds the learner's code, seen from the judge: an endpoint and a way to stop it."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+
+    def seed(self, value: int) -> None:
+        self.endpoint.request({"op": "seed", "v": value})
+
+    def lookup(self, name: str) -> tuple[bool, Any]:
+        reply, blobs = self.endpoint.request({"op": "lookup", "name": name})
+        found, value = self.endpoint.decode(reply.get("ok"), blobs)
+        return bool(found), value
+
+    def release(self) -> None:
+        if not self.endpoint.dead:
+            self.endpoint.request({"op": "release"})
+        self.endpoint.release_all()
+
+    def exit_code(self) -> int | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ForkedProducer(Producer):
+    """``check()``'s producer: a forked child that holds the learner's object (it answers, never judges)."""
+
+    def __init__(self, obj: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):  # anything buffered would otherwise be written twice
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001
+                pass
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: answer the parent's calls on the learner's object, then _exit
+            try:
+                os.close(to_child_w)
+                os.close(to_parent_r)
+                from .worker import quiet, serve
+
+                quiet()
+                serve(to_child_r, to_parent_w, {"obj": obj})
+            finally:
+                os._exit(0)  # never run the parent's atexit handlers, kernel cleanup or pytest teardown here
+        os.close(to_child_r)
+        os.close(to_parent_w)
+        self.pid, self._status = pid, None
+        self._fds = (to_parent_r, to_child_w)
+        super().__init__(Endpoint(Channel(to_parent_r, to_child_w), strict=True))
+
+    def exit_code(self) -> int | None:
+        self._reap(block=True)
+        if self._status is None:
+            return None
+        return os.waitstatus_to_exitcode(self._status)
+
+    def _reap(self, block: bool) -> None:
+        if self._status is not None:
+            return
+        deadline = time.monotonic() + (5 if block else 0)
+        while True:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self._status = status
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        if self._status is None:
+            try:
+                os.kill(self.pid, 9)
+            except ProcessLookupError:
+                pass
+            self._reap(block=True)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = ()
+
+
+def run_with_producer(tests: list[Test], producer: Producer, name: str, timeout_s: float) -> tuple[list[dict], str]:
+    """Run ``tests`` here on the producer's object ``name``; returns the outcomes and why it stopped early."""
+    received: list[dict] = []
+    producer.endpoint.deadline = time.monotonic() + timeout_s
     try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)  # C-level writes (and a Jupyter kernel's captured fds) must not reach the notebook
-        os.dup2(devnull, 2)
-        sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
-        sys.stdin = io.StringIO()  # input() in learner code fails at once instead of waiting forever
-        torch.set_num_threads(1)
-        _run_tests(tests, obj, conn.send)
-        conn.close()
-    except BaseException:  # noqa: BLE001 — nothing may escape a forked child
-        code = 1
+        found, proxy = producer.lookup(name)
+        if not found:
+            return [], f"{name} is not defined"
+        stopped = _run_tests(tests, proxy, received.append, producer)
+    except (PeerTimeout, PeerGone, ProtocolError) as exc:
+        stopped = _stopped_message(exc, producer)
     finally:
-        os._exit(code)  # never run the parent's atexit handlers, kernel cleanup or pytest teardown in the child
+        producer.endpoint.deadline = None
+    return received, stopped
 
 
 def _isolation() -> str:
@@ -370,46 +456,17 @@ def _isolation() -> str:
         return forced
     if forced:
         raise ValueError(f"{ISOLATION_ENV} must be 'fork' or 'thread', got {forced!r}")
-    fork_ok = "fork" in multiprocessing.get_all_start_methods() and sys.platform.startswith("linux")
+    fork_ok = hasattr(os, "fork") and sys.platform.startswith("linux")
     return "fork" if fork_ok else "thread"
 
 
 def _collect_fork(tests: list[Test], obj: Any, timeout_s: float) -> tuple[list[dict], str]:
-    """Run the tests in a forked child; returns the received outcomes and why it stopped early ('' if not)."""
-    ctx = multiprocessing.get_context("fork")
-    receiver, sender = ctx.Pipe(duplex=False)
-    for stream in (sys.stdout, sys.stderr):  # anything buffered would otherwise be written twice
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001
-            pass
-    process = ctx.Process(target=_child, args=(tests, obj, sender), daemon=True)
-    received: list[dict] = []
-    stopped = ""
+    """Run the tests here on a forked child that holds ``obj``; returns the outcomes and why it stopped early."""
+    producer = ForkedProducer(obj)
     try:
-        process.start()
-        sender.close()
-        deadline = time.monotonic() + timeout_s
-        while len(received) < len(tests):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not receiver.poll(remaining):
-                stopped = "timeout"
-                break
-            try:
-                message = receiver.recv()
-            except (EOFError, OSError):
-                process.join(5)
-                stopped = _crash_message(process.exitcode)
-                break
-            received.append(message)
-            if message["status"] == NOT_IMPLEMENTED:
-                break
+        return run_with_producer(tests, producer, "obj", timeout_s)
     finally:
-        if process.is_alive():
-            process.kill()
-        process.join(5)
-        receiver.close()
-    return received, stopped
+        producer.close()
 
 
 def _crash_message(exitcode: int | None) -> str:
@@ -425,7 +482,8 @@ def _crash_message(exitcode: int | None) -> str:
 
 
 def _collect_thread(tests: list[Test], obj: Any, timeout_s: float) -> tuple[list[dict], str]:
-    """Run the tests in a daemon thread (no fork): same protocol; a hung thread keeps running."""
+    """Run the tests in a daemon thread (no fork): the learner's object is called directly; a hung thread keeps
+    running. (Where fork is missing, check() is a self-check without the produce/judge split.)"""
     outbox: queue.Queue = queue.Queue()
     done = threading.Event()
 
@@ -485,6 +543,17 @@ def check(
     collect = _collect_fork if _isolation() == "fork" else _collect_thread
     received, stopped = collect(tests, obj, float(limit)) if tests else ([], "")
 
+    outcomes = outcomes_of(tests, received, stopped, limit)
+    result = CheckResult(exercise.id, exercise.title, outcomes)
+    _RESULTS[exercise.id] = result
+    if verbose:
+        print(format_result(result))
+        result._printed = True  # type: ignore[attr-defined]  # see CheckResult._ipython_display_
+    return result
+
+
+def outcomes_of(tests: list[Test], received: list[dict], stopped: str, limit: float) -> list[TestOutcome]:
+    """One outcome per test from the received outcomes and why the run stopped early ('' if it did not)."""
     outcomes: list[TestOutcome] = []
     for i, t in enumerate(tests):
         if i < len(received):
@@ -496,12 +565,7 @@ def check(
         else:
             status, message = NOT_RUN, "not run"
         outcomes.append(TestOutcome(t.name, status, message, t.points, t.hidden))
-    result = CheckResult(exercise.id, exercise.title, outcomes)
-    _RESULTS[exercise.id] = result
-    if verbose:
-        print(format_result(result))
-        result._printed = True  # type: ignore[attr-defined]  # see CheckResult._ipython_display_
-    return result
+    return outcomes
 
 
 def format_result(result: CheckResult) -> str:
