@@ -366,6 +366,9 @@ def _fill_slots(value: Any, tensors: tuple | list) -> Any:
 # ------------------------------------------------------------------------------------------------ endpoint
 
 
+_REFERENCE_KINDS = ("ref", "module", "class", "obj", "method", "fn")
+
+
 class Endpoint:
     """One side of the channel: exports local objects by handle, mirrors the other side's, serves requests.
 
@@ -626,6 +629,12 @@ class Endpoint:
                 except TypeError:
                     raise ProtocolError("unhashable dict key") from None
             return out
+        if kind in _REFERENCE_KINDS:
+            return self._decode_reference(kind, node, blobs)
+        return self._decode_plain(kind, node, blobs, depth)
+
+    def _decode_plain(self, kind: Any, node: dict, blobs: list[bytes], depth: int) -> Any:
+        """The values ``decode`` leaves to a helper that are data, not references to objects."""
         if kind == "float":
             return float(str(node.get("v")))
         if kind == "bigint":
@@ -644,6 +653,23 @@ class Endpoint:
             except Exception:  # noqa: BLE001
                 raise ProtocolError("bad generator state") from None
             return g
+        if kind == "dc":
+            fields = {str(k): self.decode(v, blobs, None, depth + 1) for k, v in _as_dict(node.get("v")).items()}
+            cls = None if self.strict else _resolve(str(node.get("cls")))
+            if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+                try:
+                    return cls(**fields)
+                except Exception:  # noqa: BLE001
+                    pass
+            return types.SimpleNamespace(**fields)
+        if kind == "optim":
+            if self.strict:
+                raise ProtocolError("the learner's side cannot send an optimizer")
+            return self._decode_optimizer(node, blobs)
+        raise ProtocolError(f"unknown value kind {kind!r}")
+
+    def _decode_reference(self, kind: str, node: dict, blobs: list[bytes]) -> Any:
+        """An object that lives on one side, referred to from the other: a handle, never the object's bytes."""
         if kind == "ref":
             h = node.get("h")
             if h not in self.objects:
@@ -668,19 +694,6 @@ class Endpoint:
             if fn is None or isinstance(fn, type) or not callable(fn):
                 raise ProtocolError(f"unknown function {path!r}")
             return fn
-        if kind == "dc":
-            fields = {str(k): self.decode(v, blobs, None, depth + 1) for k, v in _as_dict(node.get("v")).items()}
-            cls = None if self.strict else _resolve(str(node.get("cls")))
-            if isinstance(cls, type) and dataclasses.is_dataclass(cls):
-                try:
-                    return cls(**fields)
-                except Exception:  # noqa: BLE001
-                    pass
-            return types.SimpleNamespace(**fields)
-        if kind == "optim":
-            if self.strict:
-                raise ProtocolError("the learner's side cannot send an optimizer")
-            return self._decode_optimizer(node, blobs)
         raise ProtocolError(f"unknown value kind {kind!r}")
 
     def _blob(self, node: dict, blobs: list[bytes]) -> bytes:
