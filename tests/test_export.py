@@ -18,6 +18,7 @@ from transformer_lib.checkpoint import load_translator  # noqa: E402
 from transformer_lib.data import load_pairs, use_shared_mirror  # noqa: E402
 from transformer_lib.evaluate import translate  # noqa: E402
 from transformer_lib.masks import causal_mask, padding_mask  # noqa: E402
+from transformer_lib.multihead import keep_attention_weights  # noqa: E402
 from transformer_lib.utils import repo_file  # noqa: E402
 
 CHECKPOINT = repo_file("release/multi30k_de_en.pt")
@@ -79,7 +80,7 @@ def test_one_step_matches_pytorch_log_probs_and_cross_attention(sessions, transl
     ys = torch.tensor([[tgt_tok.bos_id, 161, 410]])  # (1, 3)
     (memory,) = encoder.run(None, {"src": src.numpy()})
     log_probs, attention = step.run(None, {"src": src.numpy(), "memory": memory, "ys": ys.numpy()})
-    with torch.no_grad(), export._unfused(model):
+    with torch.no_grad(), keep_attention_weights(model):
         mask = padding_mask(src, 0)
         expected_memory = model.encode(src, mask)
         states = model.decode(expected_memory, mask, ys, causal_mask(3))

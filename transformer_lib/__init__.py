@@ -56,7 +56,7 @@ from .masks import causal_mask, padding_mask, target_mask
 from .model import Generator, Transformer, TransformerConfig, greedy_decode, make_model
 
 # Chapter 5 — multi-head attention
-from .multihead import MultiHeadAttention, fused_attention, merge_heads, split_heads
+from .multihead import MultiHeadAttention, fused_attention, keep_attention_weights, merge_heads, split_heads
 from .rnn import AdditiveAttention, RNNDecoder, RNNEncoder, Seq2Seq, make_seq2seq
 from .tokenizer import UNK_ID, Tokenizer, train_tokenizer
 from .train import (
@@ -184,6 +184,7 @@ __all__ = [
     "target_mask",
     "MultiHeadAttention",
     "fused_attention",
+    "keep_attention_weights",
     "merge_heads",
     "split_heads",
     "Encoder",

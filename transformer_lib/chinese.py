@@ -20,7 +20,6 @@ to the results JSON that ``python -m transformer_lib release`` wrote for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor
@@ -39,7 +38,7 @@ from .decode import make_decoder
 from .evaluate import translate
 from .masks import causal_mask, padding_mask
 from .model import Transformer
-from .multihead import MultiHeadAttention
+from .multihead import keep_attention_weights
 from .tokenizer import Tokenizer
 from .train import PRESETS, TrainConfig
 from .utils import sha256_file, write_atomic
@@ -294,20 +293,6 @@ class AttentionMap:
     weights: Tensor
 
 
-@contextlib.contextmanager
-def _keep_attention_weights(model: Transformer) -> Iterator[None]:
-    """Every attention layer uses chapter 2's function (which keeps ``attn_weights``); restored after."""
-    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-    fused = [m.fused for m in layers]
-    try:
-        for m in layers:
-            m.fused = False
-        yield
-    finally:
-        for m, f in zip(layers, fused):
-            m.fused = f
-
-
 @torch.no_grad()
 def cross_attention(
     model: Transformer,
@@ -336,7 +321,7 @@ def cross_attention(
     if tgt_tok.eos_id in out:
         out = out[: out.index(tgt_tok.eos_id) + 1]  # up to and including <eos>
     ys = ys[:, : len(out) + 1]  # (1, 1 + output_len)
-    with _keep_attention_weights(model):
+    with keep_attention_weights(model):
         model(src, ys[:, :-1], src_mask, causal_mask(ys.size(1) - 1, device=device))  # teacher-forced
         weights = torch.stack([layer.cross_attn.attn_weights[0] for layer in model.decoder.layers])
     return AttentionMap(

@@ -36,7 +36,7 @@ from .checkpoint import load_translator
 from .checks import check_choice
 from .masks import causal_mask, padding_mask
 from .model import Transformer
-from .multihead import MultiHeadAttention
+from .multihead import keep_attention_weights
 from .tokenizer import Tokenizer
 from .utils import PAD_ID, sha256_file, write_atomic
 
@@ -76,20 +76,6 @@ class DecoderStepGraph(nn.Module):
         return log_probs, weights  # weights: (batch, layers, heads, src_len)
 
 
-@contextlib.contextmanager
-def _unfused(model: Transformer) -> Iterator[None]:
-    """Every attention layer on chapter 2's function, which keeps the weights the step graph returns."""
-    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
-    fused = [m.fused for m in layers]
-    try:
-        for m in layers:
-            m.fused = False
-        yield
-    finally:
-        for m, f in zip(layers, fused):
-            m.fused = f
-
-
 def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, weights: str = "fp16") -> dict:
     """Write ``encoder.onnx``, ``decoder_step.onnx``, the tokenizers (and their pieces) and ``manifest.json``.
 
@@ -101,7 +87,7 @@ def export_onnx(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, weigh
     model.eval()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp, _unfused(model), torch.no_grad():
+    with tempfile.TemporaryDirectory(dir=out) as tmp, keep_attention_weights(model), torch.no_grad():
         tmp = Path(tmp)
         src = torch.tensor([src_tok.encode("Ein Mann fährt auf einem Fahrrad.")])  # (1, src_len): a tracing example
         ys = torch.tensor([[tgt_tok.bos_id, 5, 6]])  # (1, 3)

@@ -13,13 +13,16 @@ in one big matrix.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import scaled_dot_product_attention
 from .checks import check_divisible, check_fraction, check_multihead_inputs, check_positive_ints
 
-__all__ = ["split_heads", "merge_heads", "fused_attention", "MultiHeadAttention"]
+__all__ = ["split_heads", "merge_heads", "fused_attention", "MultiHeadAttention", "keep_attention_weights"]
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -106,3 +109,17 @@ class MultiHeadAttention(nn.Module):
         out, weights = scaled_dot_product_attention(Q, K, V, mask, dropout_p=p)
         self.attn_weights = weights.detach()  # (batch, heads, q_len, k_len), for plotting
         return out
+
+
+@contextlib.contextmanager
+def keep_attention_weights(model: nn.Module) -> Iterator[None]:
+    """Every ``MultiHeadAttention`` of ``model`` on chapter 2's function, keeping ``attn_weights`` (restored after)."""
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    fused = [m.fused for m in layers]
+    try:
+        for m in layers:
+            m.fused = False
+        yield
+    finally:
+        for m, f in zip(layers, fused):
+            m.fused = f
