@@ -57,12 +57,10 @@ cp "$tmp/mathjax-$MATHJAX/package/LICENSE" "$dest/mathjax/"
 cp "$tmp/mathjax-$MATHJAX/package/es5/tex-chtml.js" "$dest/mathjax/"
 cp -r "$tmp/mathjax-$MATHJAX/package/es5/output/chtml/fonts/woff-v2" "$dest/mathjax/output/chtml/fonts/"
 
-# onnxruntime-web ships no licence file; its package.json states MIT (Copyright (c) Microsoft Corporation).
-cat > "$dest/onnxruntime-web/LICENSE" <<'EOF'
-onnxruntime-web — MIT License (as stated in its package.json; https://github.com/microsoft/onnxruntime)
-
-Copyright (c) Microsoft Corporation
-
+# The MIT licence text, after the package's own first line ($1) and copyright line ($2).
+mit_licence() {
+    printf '%s\n\n%s\n\n' "$1" "$2"
+    cat <<'EOF'
 Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
 associated documentation files (the "Software"), to deal in the Software without restriction,
 including without limitation the rights to use, copy, modify, merge, publish, distribute,
@@ -78,28 +76,15 @@ NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FO
 OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
 CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
 EOF
+}
+
+# onnxruntime-web ships no licence file; its package.json states MIT (Copyright (c) Microsoft Corporation).
+mit_licence "onnxruntime-web — MIT License (as stated in its package.json; https://github.com/microsoft/onnxruntime)" \
+    "Copyright (c) Microsoft Corporation" > "$dest/onnxruntime-web/LICENSE"
 
 # Neither npm package ships its licence file; both state the licence in their package metadata.
-cat > "$dest/requirejs/LICENSE" <<'EOF'
-RequireJS — MIT License (as stated in the header of require.js and in its package.json)
-
-Copyright jQuery Foundation and other contributors, https://jquery.org/
-
-Permission is hereby granted, free of charge, to any person obtaining a copy of this software and
-associated documentation files (the "Software"), to deal in the Software without restriction,
-including without limitation the rights to use, copy, modify, merge, publish, distribute,
-sublicense, and/or sell copies of the Software, and to permit persons to whom the Software is
-furnished to do so, subject to the following conditions:
-
-The above copyright notice and this permission notice shall be included in all copies or
-substantial portions of the Software.
-
-THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING BUT
-NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND
-NONINFRINGEMENT. IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES
-OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN
-CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
-EOF
+mit_licence "RequireJS — MIT License (as stated in the header of require.js and in its package.json)" \
+    "Copyright jQuery Foundation and other contributors, https://jquery.org/" > "$dest/requirejs/LICENSE"
 cat > "$dest/html-manager/LICENSE" <<'EOF'
 @jupyter-widgets/html-manager (part of ipywidgets) — BSD 3-Clause License (its package.json: BSD-3-Clause)
 
