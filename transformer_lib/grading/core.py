@@ -371,6 +371,15 @@ class Producer:
     def close(self) -> None:
         return None
 
+    def close_pipes(self) -> None:
+        """Close this side's ends of the pipes to the producer (``self._fds``), once."""
+        for fd in getattr(self, "_fds", ()):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = ()
+
 
 class ForkedProducer(Producer):
     """``check()``'s producer: a forked child that holds the learner's object (it answers, never judges)."""
@@ -426,12 +435,7 @@ class ForkedProducer(Producer):
             except ProcessLookupError:
                 pass
             self._reap(block=True)
-        for fd in self._fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds = ()
+        self.close_pipes()
 
 
 def run_with_producer(tests: list[Test], producer: Producer, name: str, timeout_s: float) -> tuple[list[dict], str]:

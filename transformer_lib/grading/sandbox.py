@@ -350,12 +350,7 @@ class SandboxProducer(Producer):
             return None
 
     def close(self) -> None:
-        for fd in self._fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._fds = ()
+        self.close_pipes()
         if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, 9)  # bwrap and its jail: the jail's processes die with its init
