@@ -85,7 +85,7 @@ async function translate(model, sentence) {
 
 // The heat map: rows = output pieces, columns = source pieces; one layer, one head or their mean.
 function drawMap(canvas, result, manifest, layer, head) {
-  const { layers, heads } = manifest;
+  const { heads } = manifest;
   const n = result.srcIds.length;
   const cell = 22;
   const left = 110;
@@ -97,15 +97,15 @@ function drawMap(canvas, result, manifest, layer, head) {
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   ctx.font = "12px sans-serif";
   ctx.fillStyle = "#222";
+  const shown = head === "mean" ? [...Array(heads).keys()] : [Number(head)]; // the heads averaged
   result.outPieces.forEach((piece, row) => {
     ctx.textAlign = "right";
     ctx.fillText(piece, left - 6, top + row * cell + 15);
     const w = result.weights[row];
     for (let k = 0; k < n; k++) {
-      const heads_ = head === "mean" ? [...Array(heads).keys()] : [Number(head)];
       let value = 0;
-      for (const h of heads_) value += w[(layer * heads + h) * n + k];
-      value /= heads_.length;
+      for (const h of shown) value += w[(layer * heads + h) * n + k];
+      value /= shown.length;
       const shade = Math.round(255 * (1 - value));
       ctx.fillStyle = `rgb(${shade},${shade},255)`;
       ctx.fillRect(left + k * cell, top + row * cell, cell - 1, cell - 1);
