@@ -149,3 +149,32 @@ def test_chapters_read_their_figures_from_the_results():
     for stem in ("10_making_it_fast", "11_scaling_out"):
         typed = re.findall(r"\d+(?:\.\d+)?\s*(?:x|×)(?:\s|\b)", cells(stem, "markdown"))
         assert not typed, f"{stem}'s prose quotes measured ratios: {typed}"
+
+
+def test_time_to_bleu_results():
+    """Issue 16's target: ours reaches 30 BLEU within ten minutes on the CPU, nn.Transformer measured beside it."""
+    from time_to_bleu import THRESHOLDS, minutes_to
+
+    results = load("time_to_bleu_cpu.json")
+    check_header(results, "time_to_bleu_cpu.json", "time_to_bleu.py")
+    assert results["test_split"] == "test_2016_flickr" and results["test_sentences"] == 1000
+    from transformer_lib.train import PRESETS
+
+    preset = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(PRESETS["multi30k_speedrun"]).items()}
+    assert results["recipe"] == preset, "the results describe the preset as it is now"
+    rows = {r["model"]: r for r in results["rows"]}
+    assert set(rows) == {"transformer_lib", "nn.Transformer"}, "both models, from the same run"
+    assert len({r["tokenizer_sha256"] for r in rows.values()}) == 1, "the same SentencePiece model for both"
+    for r in rows.values():
+        minutes = [p["minutes"] for p in r["curve"]]
+        assert minutes == sorted(minutes) and len(minutes) == len(results["marks_minutes"])
+        for mark, m in zip(results["marks_minutes"], minutes):
+            assert mark <= m < mark + 0.1, "each point is scored at the first step after its mark"
+        assert r["setup_s"] > 0 and r["curve"][-1]["step"] == r["steps"]
+        assert r["final_bleu"] == r["curve"][-1]["bleu"]
+        for t in THRESHOLDS:
+            assert r[f"minutes_to_{int(t)}"] == minutes_to(r["curve"], t)
+        assert r["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    ours = rows["transformer_lib"]
+    assert ours["minutes_to_30"] is not None and ours["minutes_to_30"] <= 10.1, "the target: 30 BLEU in 10 minutes"
+    assert (RESULTS / "time_to_bleu_cpu.png").is_file()

@@ -36,7 +36,7 @@ from transformer_lib.evaluate import corpus_scores, translate
 from transformer_lib.model import Transformer, TransformerConfig
 from transformer_lib.multihead import MultiHeadAttention
 from transformer_lib.tokenizer import Tokenizer, train_tokenizer
-from transformer_lib.train import TrainConfig, train
+from transformer_lib.train import PRESETS, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "tatoeba_zh_en.json"
@@ -425,3 +425,37 @@ def test_add_seed_translations_checks_the_checkpoint_and_writes_the_table(tiny_t
     assert written["task"] == "x" and written["seed_sentences"]["rows"] == rows
     assert written["seed_sentences"]["beam_size"] == 2 and len(rows) == len(SEED_SENTENCES)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+# --------------------------------------------------------------------------- coverage per side (issue 16)
+
+
+def test_the_english_side_keeps_every_character_while_chinese_drops_the_rarest(offline):
+    """tatoeba_cpu: coverage < 1 for Chinese only, so no English digit or symbol can decode as ⁇."""
+    from transformer_lib.train import prepare_data
+
+    preset = PRESETS["tatoeba_cpu"]
+    assert preset.character_coverage < 1.0 and preset.tgt_character_coverage == 1.0
+    config = dataclasses.replace(preset, train_limit=10000, valid_limit=10, vocab_size=2000)
+    data = prepare_data(config)
+    english = {ch for _, en in load_pairs("tatoeba", "train", "zh", "en")[:10000] for ch in en if not ch.isspace()}
+    chinese = {ch for zh, _ in load_pairs("tatoeba", "train", "zh", "en")[:10000] for ch in zh if not ch.isspace()}
+    assert all(data.tgt_tok.unk_id not in data.tgt_tok.encode(ch) for ch in english)
+    assert any(data.src_tok.unk_id in data.src_tok.encode(ch) for ch in chinese), "the rarest Chinese characters"
+
+
+def test_a_config_from_before_the_target_coverage_field_keeps_its_meaning():
+    """Old checkpoints applied character_coverage to both vocabularies; from_dict says so."""
+    old = dataclasses.asdict(PRESETS["tatoeba_cpu"])
+    del old["tgt_character_coverage"]
+    assert TrainConfig.from_dict(old).tgt_character_coverage == old["character_coverage"]
+    joint = dataclasses.asdict(TrainConfig())
+    del joint["tgt_character_coverage"]
+    assert TrainConfig.from_dict(joint).tgt_character_coverage == 1.0
+
+
+def test_a_target_coverage_needs_a_separate_target_vocabulary():
+    with pytest.raises(ValueError, match="tgt_character_coverage needs joint_vocab=False"):
+        TrainConfig(tgt_character_coverage=0.99)
+    with pytest.raises(ValueError, match=r"tgt_character_coverage must be in \(0, 1\]"):
+        TrainConfig(joint_vocab=False, share_embeddings=False, tgt_character_coverage=0.0)

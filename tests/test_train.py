@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,15 @@ import transformer_lib.chinese  # noqa: F401  (registers the Tatoeba corpus and 
 from transformer_lib import data
 from transformer_lib.checkpoint import load_translator, release_checkpoint, save_checkpoint
 from transformer_lib.evaluate import translate
-from transformer_lib.train import PRESETS, TrainConfig, TrainingDiverged, label_smoothed_loss, noam_lr, train
+from transformer_lib.train import (
+    PRESETS,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    label_smoothed_loss,
+    noam_lr,
+    train,
+)
 
 pytestmark = pytest.mark.usefixtures("offline")
 train_module = importlib.import_module("transformer_lib.train")
@@ -459,3 +468,32 @@ def test_presets_are_valid_and_build_models():
         model_config = config.model_config(config.vocab_size, config.vocab_size)
         assert (model_config.N, model_config.d_model, model_config.h) == (config.N, config.d_model, config.h)
     assert dataclasses.replace(PRESETS["tiny"], dataset="tatoeba", src_lang="zh", tgt_lang="en").dataset == "tatoeba"
+
+
+def test_the_progress_bar_prints_every_evaluation(tmp_path, capsys):
+    """With progress on, each evaluation's scores appear above the bar (the speedrun's live BLEU)."""
+    config = dataclasses.replace(RESUME, max_steps=4, eval_every=2)
+    train(config, tmp_path, device="cpu", progress=True, on_eval=lambda model, data, step: {"val_bleu_greedy": 1.5})
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert re.search(r"step 2: val_loss \d", text) and "step 4: val_loss" in text and "val_bleu_greedy 1.5" in text
+
+
+def test_build_model_is_the_extension_point_for_another_model(tmp_path):
+    """A Trainer subclass trains whatever module build_model returns (benchmarks/time_to_bleu.py uses it)."""
+    built = []
+
+    class Recording(Trainer):
+        def build_model(self, model_config):
+            built.append(model_config)
+            return super().build_model(model_config)
+
+    Recording(dataclasses.replace(RESUME, max_steps=2), tmp_path, device="cpu", progress=False).fit()
+    assert len(built) == 1 and built[0].d_model == RESUME.d_model
+
+
+def test_the_speedrun_preset_is_the_measured_recipe():
+    """Chapter 8 and results/time_to_bleu_cpu.json describe this preset: a ten-minute clock, a small fast model."""
+    speedrun = PRESETS["multi30k_speedrun"]
+    assert speedrun.max_minutes == 10 and speedrun.dataset == "multi30k"
+    assert speedrun.N < PRESETS["multi30k_cpu"].N and speedrun.vocab_size < PRESETS["multi30k_cpu"].vocab_size

@@ -274,13 +274,15 @@ def _score_test_splits(args: argparse.Namespace, config, model, src_tok, tgt_tok
         scores[split] = {}
         for name, decoder in decoders.items():
             start = time.perf_counter()
-            result = corpus_scores(translate(model, src_tok, tgt_tok, sources, decoder=decoder), refs, tokenize)
+            hyps = translate(model, src_tok, tgt_tok, sources, decoder=decoder)
+            result = corpus_scores(hyps, refs, tokenize)
             signatures = {k: result[k] for k in ("bleu_signature", "chrf_signature")}
             scores[split][name] = {
                 "bleu": round(result["bleu"], 2),
                 "chrf": round(result["chrf"], 2),
                 "seconds": round(time.perf_counter() - start, 1),
                 "sentences": len(pairs),
+                "outputs_with_unk": sum("⁇" in h for h in hyps),  # <unk> decodes as ⁇: a character it could not write
             }
             if name == "beam":
                 scores[split][name].update(beam_size=args.beam, length_penalty=args.length_penalty)
@@ -350,7 +352,11 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a translator (data-parallel when started by torchrun)")
-    p.add_argument("--preset", default=None, help="tiny (the default), multi30k (GPU), multi30k_cpu or tatoeba_cpu")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="tiny (the default), multi30k (GPU), multi30k_cpu, multi30k_speedrun or tatoeba_cpu",
+    )
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, SentencePiece models)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     p.add_argument(
