@@ -98,15 +98,18 @@ class SpeedrunTrainer(Trainer):
         self.curve: list[dict] = []
 
     def build_model(self, model_config: TransformerConfig):
+        """Ours (chapter 7's Transformer) or nn.Transformer behind the same interface."""
         return super().build_model(model_config) if self.model_name == "ours" else TorchTranslator(model_config)
 
     def start(self, resume: bool) -> None:
+        """The Trainer's setup, on the clock."""
         began = time.perf_counter()
         super().start(resume)  # corpus, SentencePiece, encoding, model, optimizer
         self.setup_s = time.perf_counter() - began
         self.clock_start -= self.setup_s  # the clock started before the setup
 
     def out_of_time(self) -> bool:
+        """Called after every step: score the test set at each mark; stop after the last one."""
         if self.marks and self.elapsed >= self.marks[0]:
             self.score_mark()
         return not self.marks
@@ -114,7 +117,7 @@ class SpeedrunTrainer(Trainer):
     def score_mark(self) -> None:
         """Translate the test set with the clock paused; one point of the curve."""
         paused = time.perf_counter()
-        bleu = test_bleu(self.model, self.data, self.test)
+        bleu = score_test_set(self.model, self.data, self.test)
         seconds = time.perf_counter() - paused
         self.clock_start += seconds  # the evaluation does not count
         self.window_start += seconds
@@ -125,7 +128,7 @@ class SpeedrunTrainer(Trainer):
         print(f"  {self.model_name}: {point['minutes']:.2f} min, step {self.step}, BLEU {bleu['bleu']:.2f}", flush=True)
 
 
-def test_bleu(model, data, test: list[tuple[str, str]]) -> dict:
+def score_test_set(model, data, test: list[tuple[str, str]]) -> dict:
     """sacreBLEU of greedy translations of ``test``; the same decoder (no cache) for both models."""
     bos, eos, pad = data.tgt_tok.bos_id, data.tgt_tok.eos_id, data.tgt_tok.pad_id
 

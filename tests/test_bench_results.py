@@ -178,3 +178,15 @@ def test_time_to_bleu_results():
     ours = rows["transformer_lib"]
     assert ours["minutes_to_30"] is not None and ours["minutes_to_30"] <= 10.1, "the target: 30 BLEU in 10 minutes"
     assert (RESULTS / "time_to_bleu_cpu.png").is_file()
+
+
+def test_the_readme_quotes_the_time_to_bleu_results():
+    results = load("time_to_bleu_cpu.json")
+    at = {r["model"]: {round(p["minutes"]): p["bleu"] for p in r["curve"]} for r in results["rows"]}
+    ours, theirs = at["transformer_lib"], at["nn.Transformer"]
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert (
+        f"ours reached {ours[5]:.1f} sacreBLEU on test_2016_flickr (greedy) after 5 minutes and {ours[10]:.1f}"
+        in readme
+    )
+    assert f"nn.Transformer {theirs[5]:.1f} and {theirs[10]:.1f}" in readme
