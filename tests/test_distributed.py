@@ -30,6 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # results may differ by float32 rounding: a few ulp per step, amplified a little by Adam over 6
 # steps. 1e-5 relative is ~100x float32's epsilon and far below any real difference (a wrong
 # batch or a wrong loss weight changes the loss in the second or third digit).
+# Both sides run in float32 (bf16=False): on a CPU with bf16 instructions autocast would round every
+# matrix product to 8 bits of mantissa, and a last-bit difference in a weight can flip such a rounding,
+# so the two orders of summation would drift apart by ~1e-4 over 6 steps and prove nothing.
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 
@@ -77,7 +80,7 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def two_processes(tmp_path_factory):
     """A 2-process run without dropout (dropout masks are per process, so they could not match)."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    result = torchrun(out, "--preset", "tiny", "--set", "dropout=0", *OVERRIDES)
+    result = torchrun(out, "--preset", "tiny", "--set", "dropout=0", "bf16=false", *OVERRIDES)
     return out, result
 
 
@@ -86,6 +89,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     config = dataclasses.replace(
         PRESETS["tiny"],
         dropout=0.0,
+        bf16=False,
         max_steps=6,
         log_every=1,
         eval_every=1000,
@@ -95,6 +99,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     )
     single = train_parallel(config, tmp_path / "one", device="cpu", progress=False, grad_accum=2)
     ddp = step_losses(out)
+    assert [r["precision"] for r in read_log(out) if r.get("event") == "setup"] == ["fp32"]
     assert len(ddp) == len(single["losses"]) == 6
     assert ddp == pytest.approx(single["losses"], rel=LOSS_RTOL)
     a, b = weights(out), weights(tmp_path / "one")
