@@ -104,7 +104,13 @@ def test_two_processes_train_like_one_with_the_same_global_batch(two_processes, 
     assert ddp == pytest.approx(single["losses"], rel=LOSS_RTOL)
     a, b = weights(out), weights(tmp_path / "one")
     assert a.keys() == b.keys()
-    for k in a:
+    # The key biases are left out: adding b to every key adds q·b to every score of a row, which the
+    # softmax ignores, so their gradient is exactly zero in exact arithmetic and only rounding noise in
+    # floating point. Adam divides that noise by its own size and takes full steps with it, so these
+    # biases follow the summation order (CI's CPU: 5.6e-5 apart after 6 steps), not the training.
+    compared = [k for k in a if not k.endswith("W_K.bias")]
+    assert len(compared) > 0.8 * len(a)
+    for k in compared:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=WEIGHT_ATOL, msg=lambda m, k=k: f"{k}: {m}")
     # A wrong weighting (e.g. each process's own mean, averaged) would change the losses: the test can fail.
     first_batch_only = dataclasses.replace(config, max_steps=2)
