@@ -190,3 +190,25 @@ def test_the_readme_quotes_the_time_to_bleu_results():
         in readme
     )
     assert f"nn.Transformer {theirs[5]:.1f} and {theirs[10]:.1f}" in readme
+
+
+def test_modern_ablation_results():
+    """Chapter 14's sweep: every refinement ran, and the figures agree with the models they describe."""
+    from modern_ablations import MODEL, SECOND_SEED
+
+    from transformer_lib.modern import REFINEMENTS, ModernConfig, ModernLM
+
+    results = load("modern_ablations.json")
+    assert results["command"].startswith("python benchmarks/modern_ablations.py")
+    assert results["quick"] is False and results["device_type"] == "cpu"
+    settings = results["settings"]
+    rows = {(r["run"], r["seed"]): r for r in results["rows"]}
+    assert set(rows) == {(name, 0) for name in REFINEMENTS} | {(name, 1) for name in SECOND_SEED}
+    d_k = MODEL["d_model"] // MODEL["h"]
+    for (name, _), r in rows.items():
+        config = ModernConfig(settings["vocab"], **MODEL, **REFINEMENTS[name][1])
+        assert r["changes"] == REFINEMENTS[name][1]
+        assert r["params"] == sum(p.numel() for p in ModernLM(config).parameters())
+        assert r["kv_cache_bytes_per_token"] == 2 * MODEL["N"] * (config.kv_heads or MODEL["h"]) * d_k * 4
+        assert 1 < r["val_ppl"] < settings["vocab"] and r["cpu_ms_per_step"] > 0
+        assert len(r["losses_every_10"]) == -(-settings["steps"] // 10)

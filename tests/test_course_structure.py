@@ -50,6 +50,8 @@ MODULE_CHAPTER = {
     "distributed": 11,
     "ablations": 11,
     "chinese": 12,
+    "lm": 13,
+    "modern": 14,
 }
 # The command line (chapter 9) is the application that offers every chapter's work: its train command
 # runs data-parallel (chapter 11) and knows the Tatoeba corpus (chapter 12). It may import any module.
@@ -249,7 +251,7 @@ def test_no_submodule_is_shadowed_and_heavy_modules_load_lazily() -> None:
 
     code = (
         "import sys, transformer_lib as t; "
-        "lazy = ('viz', 'bench', 'chinese', 'distributed', 'ablations'); "
+        "lazy = ('viz', 'bench', 'chinese', 'distributed', 'ablations', 'lm', 'modern'); "
         "print(sorted(m for m in lazy if f'transformer_lib.{m}' in sys.modules)); "
         "print(type(t.train).__name__, 'matplotlib.pyplot' in sys.modules); "
         "t.architecture_figure; print('transformer_lib.viz' in sys.modules)"

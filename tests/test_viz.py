@@ -72,6 +72,14 @@ BUILT_BY = {
     10: ({"speed", "enc_attn_core", "dec_kv_cache", "cross_kv_cache"}, {"enc_ffn", "src_tokenizer"}),
     11: ({"scaling"}, {"enc_attn", "generator", "speed"}),
     12: ({"chinese", "src_tokenizer", "src_embedding"}, {"enc_attn", "generator"}),
+    13: (
+        {"families", "encoder_layer", "enc_attn", "dec_causal_mask", "generator"},
+        {"decoder_layer", "dec_cross_attn"},
+    ),
+    14: (
+        {"since_2017", "enc_add_norm_1", "dec_ffn", "src_positions", "dec_self_attn"},
+        {"dec_cross_attn", "generator"},
+    ),
 }
 
 
@@ -92,13 +100,13 @@ def test_learning_path_labels_every_block_with_its_chapter_and_highlights_none()
     assert not highlighted(fig)
     labels = badges(fig)
     assert set(labels) == set(blocks(fig)), "every block carries a chapter badge"
-    assert {int(v) for v in labels.values()} == set(CHAPTERS_ON_THE_MAP) == set(range(1, 13))
+    assert {int(v) for v in labels.values()} == set(CHAPTERS_ON_THE_MAP) == set(range(1, 15))
     assert labels["enc_padding_mask"] == "4" and labels["enc_attn_core"] == "2" and labels["generator"] == "7"
 
 
-@pytest.mark.parametrize("bad", [0, 13, -1, "3", 2.0, True])
+@pytest.mark.parametrize("bad", [0, 15, -1, "3", 2.0, True])
 def test_architecture_figure_rejects_unknown_chapters(bad: object) -> None:
-    with pytest.raises(ValueError, match="chapter must be None or an integer from 1 to 12"):
+    with pytest.raises(ValueError, match="chapter must be None or an integer from 1 to 14"):
         architecture_figure(bad)  # type: ignore[arg-type]
 
 

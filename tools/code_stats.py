@@ -28,6 +28,8 @@ CLASS_BUDGETS = [
     ("multihead", "MultiHeadAttention", 40),
     ("encoder", "EncoderLayer", 30),
     ("decoder", "DecoderLayer", 35),
+    ("lm", "LanguageModel", 30),
+    ("modern", "GroupedQueryAttention", 40),
 ]
 # Chapter number -> the modules it introduces (the same map as tests/test_course_structure.py).
 sys.path.insert(0, str(ROOT / "tests"))

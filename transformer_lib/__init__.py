@@ -3,8 +3,8 @@
 Each chapter of the book adds one module; this file exposes their public names in chapter order.
 The modules of chapters 1–9 are imported at once; the heavier or optional ones — the figures and
 explorers (``viz``), the benchmarks (``bench``) and tiled attention (``flash``), data parallelism
-(``distributed``), the ablations and the Chinese track (``chinese``) — are imported the first time
-one of their names is used.
+(``distributed``), the ablations, the Chinese track (``chinese``), the language models (``lm``) and
+the refinements since 2017 (``modern``) — are imported the first time one of their names is used.
 Submodules keep their own names: ``transformer_lib.train`` is the module of chapter 8, whose
 ``train`` function is ``transformer_lib.train.train``.
 """
@@ -146,6 +146,34 @@ _LAZY = {
         "plot_cross_attention",
         "translate_seed_sentences",
         "use_cjk_font",
+    ],
+    "lm": [  # chapter 13
+        "IGNORE",
+        "LMConfig",
+        "LanguageModel",
+        "causal_lm_loss",
+        "top_k_logits",
+        "sample_next",
+        "LMCache",
+        "next_token_logits",
+        "generate",
+        "mask_tokens",
+        "masked_lm_loss",
+        "lm_batch",
+        "perplexity",
+        "fit",
+    ],
+    "modern": [  # chapter 14
+        "RMSNorm",
+        "swiglu_hidden",
+        "SwiGLU",
+        "rotary_angles",
+        "RotaryEmbedding",
+        "GroupedQueryAttention",
+        "ModernConfig",
+        "ModernLM",
+        "cache_bytes",
+        "REFINEMENTS",
     ],
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}

@@ -43,8 +43,9 @@ __all__ = [
 ]
 
 # The chapters the architecture map knows: 1-9 build the model and the translator, 10 makes it
-# fast on one device, 11 scales it out (and ablates the recipe), 12 is the Chinese track.
-CHAPTERS_ON_THE_MAP = tuple(range(1, 13))
+# fast on one device, 11 scales it out (and ablates the recipe), 12 is the Chinese track, 13 cuts
+# the model into GPT and BERT, 14 swaps in what changed since 2017.
+CHAPTERS_ON_THE_MAP = tuple(range(1, 15))
 
 # ---------------------------------------------------------------------------------------------
 # The architecture map
@@ -107,36 +108,54 @@ def _attention(
     return blocks
 
 
+# The boxes on the right: what a chapter builds around the model (key, label, chapters).
+_AROUND_THE_MODEL = [
+    ("rnn_baseline", "RNN encoder–decoder\nwith attention:\nthe baseline", (1,)),
+    ("training", "training: Multi30k,\nlabel smoothing,\nwarmup", (8,)),
+    ("decoding", "decoding: greedy\nand beam search,\nKV cache, BLEU", (9,)),
+    ("speed", "making it fast:\nfused attention\nkernels, KV cache", (10,)),
+    ("scaling", "scaling out:\nseveral processes,\nablations", (11,)),
+    ("chinese", "Chinese track:\nChinese→English,\nChinese tokens", (12,)),
+    ("families", "GPT and BERT:\none half each,\ntheir own masks", (13,)),
+    ("since_2017", "since 2017: RMSNorm,\nSwiGLU, RoPE,\ngrouped queries", (14,)),
+]
+
+
 def _blocks() -> list[_Block]:
     """Every block of the map, in drawing order (frames first). The main flow of each column is bottom-up."""
     e, d, w = _ENC_X, _DEC_X, _BOX_W
     blocks = [
-        _Block("encoder_layer", "", e - 2.5, 26, 38, 39, "frame", (6,)),
+        _Block("encoder_layer", "", e - 2.5, 26, 38, 39, "frame", (6, 13)),
         _Block("decoder_layer", "", d - 2.5, 26, 38, 58, "frame", (7,)),
         _Block("src_tokenizer", "tokenizer (subwords)", e, 5, w, 4.5, "io", (8, 12)),
         _Block("tgt_tokenizer", "tokenizer (subwords)", d, 5, w, 4.5, "io", (8,)),
         _Block("src_embedding", "input embedding", e, 12, w, 4.5, "embed", (3, 12)),
         _Block("tgt_embedding", "output embedding", d, 12, w, 4.5, "embed", (3,)),
-        _Block("src_positions", "+ positional encoding", e, 19, w, 4.5, "embed", (3,)),
-        _Block("tgt_positions", "+ positional encoding", d, 19, w, 4.5, "embed", (3,)),
+        _Block("src_positions", "+ positional encoding", e, 19, w, 4.5, "embed", (3, 14)),
+        _Block("tgt_positions", "+ positional encoding", d, 19, w, 4.5, "embed", (3, 14)),
     ]
     blocks += _attention(
-        e, 28, "enc_attn", "multi-head\nself-attention", (5,), [("enc_padding_mask", "padding\nmask", "mask", (4,))]
+        e,
+        28,
+        "enc_attn",
+        "multi-head\nself-attention",
+        (5, 13, 14),
+        [("enc_padding_mask", "padding\nmask", "mask", (4, 13))],
     )
     blocks += [
-        _Block("enc_add_norm_1", "Add & Norm", e, 41.5, w, 4, "norm", (6,)),
-        _Block("enc_ffn", "feed-forward network", e, 48.5, w, 5, "ffn", (6,)),
-        _Block("enc_add_norm_2", "Add & Norm", e, 56, w, 4, "norm", (6,)),
+        _Block("enc_add_norm_1", "Add & Norm", e, 41.5, w, 4, "norm", (6, 14)),
+        _Block("enc_ffn", "feed-forward network", e, 48.5, w, 5, "ffn", (6, 14)),
+        _Block("enc_add_norm_2", "Add & Norm", e, 56, w, 4, "norm", (6, 14)),
     ]
     blocks += _attention(
         d,
         28,
         "dec_self_attn",
         "masked multi-head\nself-attention",
-        (7, 5),
-        [("dec_kv_cache", "KV cache", "cache", (9, 10)), ("dec_causal_mask", "causal\nmask", "mask", (4,))],
+        (7, 5, 14),
+        [("dec_kv_cache", "KV cache", "cache", (9, 10, 13, 14)), ("dec_causal_mask", "causal\nmask", "mask", (4, 13))],
     )
-    blocks += [_Block("dec_add_norm_1", "Add & Norm", d, 41.5, w, 4, "norm", (6,))]
+    blocks += [_Block("dec_add_norm_1", "Add & Norm", d, 41.5, w, 4, "norm", (6, 14))]
     blocks += _attention(
         d,
         48.5,
@@ -146,21 +165,13 @@ def _blocks() -> list[_Block]:
         [("cross_kv_cache", "KV cache", "cache", (9, 10)), ("cross_padding_mask", "padding\nmask", "mask", (4,))],
     )
     blocks += [
-        _Block("dec_add_norm_2", "Add & Norm", d, 62, w, 4, "norm", (6,)),
-        _Block("dec_ffn", "feed-forward network", d, 69, w, 5, "ffn", (6,)),
-        _Block("dec_add_norm_3", "Add & Norm", d, 76.5, w, 4, "norm", (6,)),
-        _Block("generator", "linear + softmax", d, 86, w, 4.5, "linear", (7,)),
+        _Block("dec_add_norm_2", "Add & Norm", d, 62, w, 4, "norm", (6, 14)),
+        _Block("dec_ffn", "feed-forward network", d, 69, w, 5, "ffn", (6, 14)),
+        _Block("dec_add_norm_3", "Add & Norm", d, 76.5, w, 4, "norm", (6, 14)),
+        _Block("generator", "linear + softmax", d, 86, w, 4.5, "linear", (7, 13)),
     ]
-    extras = [
-        ("rnn_baseline", "RNN encoder–decoder\nwith attention:\nthe baseline", (1,)),
-        ("training", "training: Multi30k,\nlabel smoothing,\nwarmup", (8,)),
-        ("decoding", "decoding: greedy\nand beam search,\nKV cache, BLEU", (9,)),
-        ("speed", "making it fast:\nfused attention\nkernels, KV cache", (10,)),
-        ("scaling", "scaling out:\nseveral processes,\nablations", (11,)),
-        ("chinese", "Chinese track:\nChinese→English,\nChinese tokens", (12,)),
-    ]
-    for i, (key, label, chapters) in enumerate(extras):
-        blocks.append(_Block(key, label, 82, 77 - i * 12.6, 17.5, 11, "extra", chapters, 9))
+    for i, (key, label, chapters) in enumerate(_AROUND_THE_MODEL):
+        blocks.append(_Block(key, label, 82, 78.5 - i * 10.6, 17.5, 9.8, "extra", chapters, 8.5))
     return blocks
 
 
@@ -200,12 +211,12 @@ def _check_chapter(chapter: object) -> None:
 def architecture_figure(chapter: int | None = None) -> "Figure":
     """The encoder–decoder Transformer as a map of blocks, each labelled with the chapter that builds it.
 
-    With ``chapter=N`` (1 to 12) the blocks that chapter builds are drawn in colour with a red
+    With ``chapter=N`` (1 to 14) the blocks that chapter builds are drawn in colour with a red
     edge and every other block is greyed out; with ``chapter=None`` every block is in colour (the
-    learning path). Chapters 1 and 8-12 build things around the model (the RNN baseline,
-    training, decoding, speed, scaling out, the Chinese track): they appear as labelled boxes on the right, and
-    also highlight the blocks they touch (tokenizers, KV caches, attention kernels). Returns the
-    (pyplot) figure; every block's patch has the gid ``"block:<key>"``.
+    learning path). Chapters 1 and 8-14 build things around the model (the RNN baseline, training,
+    decoding, speed, scaling out, the Chinese track, GPT and BERT, the refinements since 2017): they
+    appear as labelled boxes on the right, and also highlight the blocks they touch (tokenizers, KV
+    caches, attention kernels, norms). Returns the (pyplot) figure; every block's patch has the gid ``"block:<key>"``.
     """
     _check_chapter(chapter)
     import matplotlib.pyplot as plt
