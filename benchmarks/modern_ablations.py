@@ -36,20 +36,14 @@ from pathlib import Path
 import torch
 
 from transformer_lib.bench import format_table, results_header, write_json_atomic
-from transformer_lib.data import load_multi30k, token_batches, use_shared_mirror
-from transformer_lib.lm import LMCache, causal_lm_loss, fit, lm_batch, perplexity
+from transformer_lib.data import load_multi30k, use_shared_mirror
+from transformer_lib.lm import LMCache, causal_lm_loss, fit, lm_batches, perplexity
 from transformer_lib.modern import REFINEMENTS, ModernConfig, ModernLM, cache_bytes
 from transformer_lib.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = dict(N=2, d_model=128, d_ff=512, h=4, dropout=0.1, max_len=128)
 SECOND_SEED = ("base", "modern")
-
-
-def make_batches(ids: list[list[int]], max_tokens: int, seed: int) -> list[torch.Tensor]:
-    """Chapter 13's batches: length-sorted groups of ``<bos> pieces <eos>`` rows."""
-    groups = token_batches([(len(s), len(s)) for s in ids], max_tokens, seed=seed)
-    return [lm_batch([ids[i] for i in group]) for group in groups]
 
 
 def measure_cache(model: ModernLM, batch: int = 8, tokens: int = 64) -> int:
@@ -101,8 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     train_text = [en for _, en in load_multi30k("train")][: 2000 if args.quick else None]
     val_text = [en for _, en in load_multi30k("val")][: 200 if args.quick else None]
     tok = train_tokenizer(train_text, args.vocab)
-    train = make_batches(tok.encode_batch(train_text), args.max_tokens, seed=0)
-    val = make_batches(tok.encode_batch(val_text), 4000, seed=1)
+    train = lm_batches(tok.encode_batch(train_text), args.max_tokens, seed=0)
+    val = lm_batches(tok.encode_batch(val_text), 4000, seed=1)
     settings = {"steps": steps, "lr": args.lr, "vocab": tok.vocab_size, "max_tokens": args.max_tokens, "model": MODEL}
     command = "python benchmarks/modern_ablations.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     results = results_header("cpu", command.strip(), quick=args.quick, settings=settings, rows=[])

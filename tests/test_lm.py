@@ -17,6 +17,7 @@ from transformer_lib.lm import (
     fit,
     generate,
     lm_batch,
+    lm_batches,
     mask_tokens,
     masked_lm_loss,
     next_token_logits,
@@ -181,6 +182,15 @@ def test_lm_batch_and_the_perplexity_of_a_uniform_model():
     with torch.no_grad():
         m.head.weight.zero_()  # (tied) every logit 0: the uniform distribution, perplexity = vocabulary size
     assert perplexity(m, [batch]) == pytest.approx(VOCAB, rel=1e-5)
+
+
+def test_lm_batches_hold_every_sentence_once_in_batches_of_similar_lengths():
+    sentences = [[5 + i % 7] * (1 + i % 9) for i in range(60)]
+    batches = lm_batches(sentences, max_tokens=40, seed=3)
+    rows = sorted(tuple(t for t in row.tolist() if t not in (BOS_ID, EOS_ID, PAD_ID)) for b in batches for row in b)
+    assert rows == sorted(tuple(s) for s in sentences)
+    assert all(b[:, 0].eq(BOS_ID).all() for b in batches)
+    assert lm_batches(sentences, 40, seed=3)[0].tolist() == batches[0].tolist()  # the seed fixes the order
 
 
 def test_fit_learns_a_repeated_batch():

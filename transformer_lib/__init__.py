@@ -160,6 +160,7 @@ _LAZY = {
         "mask_tokens",
         "masked_lm_loss",
         "lm_batch",
+        "lm_batches",
         "perplexity",
         "fit",
     ],

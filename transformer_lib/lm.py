@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .checks import check_fraction, check_positive, check_positive_ints, check_token_ids
+from .data import token_batches
 from .decode import KVCache
 from .embeddings import Embeddings, PositionalEncoding
 from .encoder import Encoder, EncoderLayer
@@ -47,6 +48,7 @@ __all__ = [
     "mask_tokens",
     "masked_lm_loss",
     "lm_batch",
+    "lm_batches",
     "perplexity",
     "fit",
 ]
@@ -276,6 +278,12 @@ def lm_batch(sentences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> Tensor
     for b, ids in enumerate(sentences):
         out[b, : len(ids) + 2] = torch.as_tensor([BOS_ID, *ids, EOS_ID], dtype=torch.long)
     return out
+
+
+def lm_batches(sentences: Sequence[Sequence[int]], max_tokens: int, seed: int = 0) -> list[Tensor]:
+    """Chapter 8's length-sorted batches of about ``max_tokens`` tokens, each made by ``lm_batch``."""
+    groups = token_batches([(len(s), len(s)) for s in sentences], max_tokens, seed=seed)
+    return [lm_batch([sentences[i] for i in group]) for group in groups]
 
 
 @torch.no_grad()
